@@ -1,0 +1,120 @@
+"""``python -m kdtp``: train one run, run the whole lab, benchmark, make data, publish.
+
+Bad arguments (unknown run or recipe, a malformed ``--set``, a bad environment variable)
+print one line on stderr and exit with code 2 before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .env import ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors are one line (and still exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .recipes import RECIPES
+    from .runs import RUNS
+
+    p = _Parser(prog="python -m kdtp", description="Knowledge Distillation course kit")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train (or load) one run and print its test accuracy")
+    t.add_argument("name", choices=list(RUNS), metavar="NAME", help=f"one of: {', '.join(RUNS)}")
+    t.add_argument("--recipe", choices=list(RECIPES), help="default: fast with a GPU, cpu otherwise")
+    t.add_argument("--smoke", action="store_true", help="synthetic data, tiny run (as KDTP_SMOKE=1)")
+    t.add_argument("--epochs", type=_positive_int, help="epochs for this run (and its teacher)")
+    t.add_argument("--ckpt-dir", type=Path, help="checkpoint folder (default KDTP_CKPT_DIR or ./checkpoints)")
+    t.add_argument("--data-dir", type=Path, help="data folder (default KDTP_DATA_DIR or ./data)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help="any recipe setting")
+    t.add_argument("--load-only", action="store_true", help="fail instead of training")
+
+    lab = sub.add_parser("lab", help="run every notebook in order, headless")
+    lab.add_argument("--smoke", action="store_true")
+    lab.add_argument("--recipe", choices=list(RECIPES))
+    lab.add_argument("--out", type=Path, help="folder for the executed notebooks (default ./lab-output)")
+
+    b = sub.add_parser("bench", help="distillation step speed: kdtp loop vs a seed-style loop")
+    b.add_argument("--steps", type=_positive_int, default=20)
+    b.add_argument("--batch", type=_positive_int, default=128)
+    b.add_argument("--data-dir", type=Path, help="real CIFAR-10 folder (default: synthetic)")
+    b.add_argument("--json", action="store_true", help="last line: one JSON object")
+
+    d = sub.add_parser("data", help="write the synthetic CIFAR-10 (real on-disk format)")
+    d.add_argument("--synthetic", type=Path, required=True, metavar="DIR")
+    d.add_argument("--train", type=_positive_int, default=10_000)
+    d.add_argument("--test", type=_positive_int, default=2_000)
+
+    pub = sub.add_parser("publish", help="write manifest entries for the finished checkpoints")
+    pub.add_argument("--recipe", choices=list(RECIPES))
+    pub.add_argument("--ckpt-dir", type=Path)
+    pub.add_argument("--manifest", type=Path, help="default: KDTP_MANIFEST or kdtp/manifest.json")
+    pub.add_argument("--id", action="append", metavar="RUN=DRIVE_ID", default=[],
+                     help="Drive file id of a run's uploaded checkpoint")
+    return p
+
+
+def _train(args) -> int:
+    from .checkpoint import train_or_load
+    from .recipes import parse_set_args
+
+    overrides = parse_set_args(args.set)
+    if args.epochs:
+        overrides.update(epochs=args.epochs, teacher_epochs=args.epochs)
+    smoke = True if args.smoke else None
+    result = train_or_load(args.name, args.recipe, smoke=smoke, ckpt_dir=args.ckpt_dir,
+                           data_dir=args.data_dir, load_only=args.load_only, **overrides)
+    tag = "  [SMOKE: synthetic data, not a real result]" if result.smoke else ""
+    print(f"{result.name}: test accuracy {result.test_acc:.4f} ({result.source}: {result.path}){tag}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "data":
+            from .data import write_synthetic_cifar10
+
+            folder = write_synthetic_cifar10(args.synthetic, n_train=max(args.train, 50), n_test=args.test)
+            print(f"synthetic CIFAR-10 written to {folder} (not real data; for smoke runs and tests)")
+            return 0
+        if args.command == "lab":
+            from .lab import run_lab
+
+            return run_lab(smoke=True if args.smoke else None, recipe=args.recipe, out_dir=args.out)
+        if args.command == "bench":
+            from .bench import main as bench_main
+
+            return bench_main(steps=args.steps, batch=args.batch, data_dir=args.data_dir, as_json=args.json)
+        if args.command == "publish":
+            from .publish import publish
+
+            return publish(recipe=args.recipe, ckpt_dir=args.ckpt_dir, manifest=args.manifest, ids=args.id)
+    except ConfigError as exc:
+        print(f"python -m kdtp: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished epochs are saved; run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+    return 2

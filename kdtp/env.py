@@ -1,0 +1,194 @@
+"""Where we run: Colab or not, Drive, folders, device, precision, seeding, smoke mode.
+
+Every other module asks this one instead of looking at ``sys.modules`` or ``os.environ``
+itself, so a student's notebook, the CLI and the tests all agree on where checkpoints live
+and whether this is a smoke run.
+"""
+from __future__ import annotations
+
+import os
+import random
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+COLAB_DRIVE_MOUNT = Path("/content/drive")
+COLAB_CKPT_DIR = COLAB_DRIVE_MOUNT / "MyDrive" / "KD_checkpoints"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(ValueError):
+    """A setting the user typed (flag, ``--set`` value, environment variable) is invalid.
+
+    The CLI turns it into one line on stderr and exit code 2; in a notebook it is an
+    ordinary exception whose message says what to type instead.
+    """
+
+
+def in_colab() -> bool:
+    """True inside Google Colab (its runtime always has ``google.colab`` imported)."""
+    return "google.colab" in sys.modules
+
+
+def smoke_mode() -> bool:
+    """Smoke mode (``KDTP_SMOKE=1``): synthetic data, tiny subsets, one short epoch.
+
+    It is what CI and nbval run; anything it produces is labelled "smoke".
+    """
+    raw = os.environ.get("KDTP_SMOKE", "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ConfigError(f"KDTP_SMOKE={os.environ['KDTP_SMOKE']!r} is not understood: "
+                      "set it to 1 (smoke mode) or 0 / unset it (real run)")
+
+
+def project_root() -> Path:
+    """The kit's checkout when kdtp runs from one (editable install), else the cwd.
+
+    Notebooks run with ``notebooks/`` as their cwd; anchoring relative folders at the
+    checkout keeps ``./checkpoints`` in one place whichever notebook wrote it.
+    """
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").is_file() and (here / "kdtp").is_dir():
+        return here
+    return Path.cwd()
+
+
+def _dir_from_env(var: str) -> Path | None:
+    raw = os.environ.get(var)
+    if raw is None or not raw.strip():
+        return None
+    path = Path(raw).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{var}={raw!r} points at a file, not a folder: "
+                          f"give {var} a folder path (it is created if missing)")
+    return path
+
+
+def mount_drive() -> Path | None:
+    """Mount Google Drive on Colab (asks the student once); elsewhere do nothing.
+
+    Returns the checkpoint folder on Drive, or None when Drive is unavailable; the kit
+    then keeps checkpoints locally and says so rather than crash the lab.
+    """
+    if not in_colab():
+        return None
+    try:
+        from google.colab import drive  # type: ignore[import-not-found]
+
+        drive.mount(str(COLAB_DRIVE_MOUNT))
+    except Exception as exc:  # noqa: BLE001 - any Drive failure must fall back, not crash
+        warnings.warn(f"Google Drive could not be mounted ({exc}); checkpoints stay in the "
+                      "local folder and are lost when the runtime is recycled.")
+        return None
+    return COLAB_CKPT_DIR
+
+
+def _writable(folder: Path) -> bool:
+    """Create ``folder`` and prove a file can be written there (Drive can be full or RO)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".kdtp-write-probe-{os.getpid()}"
+        with open(probe, "wb") as fh:
+            fh.write(b"ok")
+            fh.flush()
+            os.fsync(fh.fileno())
+        probe.unlink()
+        return True
+    except OSError:
+        return False
+
+
+def checkpoint_root() -> Path:
+    """The folder every checkpoint lives under (before recipe/smoke sub-folders).
+
+    ``KDTP_CKPT_DIR`` wins; on Colab with Drive mounted and writable, Drive; otherwise
+    ``<project>/checkpoints``. A Drive that is not mounted, read-only or full gives a
+    warning and the local folder, never a crash.
+    """
+    from_env = _dir_from_env("KDTP_CKPT_DIR")
+    if from_env is not None:
+        return from_env
+    local = project_root() / "checkpoints"
+    if in_colab():
+        if COLAB_DRIVE_MOUNT.joinpath("MyDrive").is_dir():
+            if _writable(COLAB_CKPT_DIR):
+                return COLAB_CKPT_DIR
+            warnings.warn(f"{COLAB_CKPT_DIR} is not writable (Drive full or read-only); "
+                          f"checkpoints go to {local} and are lost if the runtime resets.")
+        else:
+            warnings.warn("Google Drive is not mounted; checkpoints go to "
+                          f"{local} and are lost if the runtime resets. Run "
+                          "kdtp.env.mount_drive() first to keep them.")
+    return local
+
+
+def data_root() -> Path:
+    """Where CIFAR-10 lives: ``KDTP_DATA_DIR`` or ``<project>/data``."""
+    return _dir_from_env("KDTP_DATA_DIR") or project_root() / "data"
+
+
+def figures_root() -> Path:
+    """Where figures go: ``KDTP_FIGURES_DIR`` or ``<project>/figures``."""
+    return _dir_from_env("KDTP_FIGURES_DIR") or project_root() / "figures"
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """cuda, else mps, else cpu; ``prefer`` (or ``KDTP_DEVICE``) forces one."""
+    choice = (prefer or os.environ.get("KDTP_DEVICE") or "").strip().lower()
+    if choice:
+        if choice not in {"cpu", "cuda", "mps"}:
+            raise ConfigError(f"device {choice!r} is unknown: use cpu, cuda or mps")
+        if choice == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device cuda was asked for but no CUDA GPU is visible: "
+                              "use cpu, or on Colab pick Runtime > Change runtime type > GPU")
+        return torch.device(choice)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_precision(device: torch.device) -> str:
+    """The fastest precision that keeps accuracy for this device.
+
+    bf16 where the hardware does it natively (Ampere+ GPUs, CPUs with AVX512-BF16/AMX):
+    same range as fp32, so no loss scaling. fp16 with a gradient scaler on older GPUs
+    (T4, V100), whose tensor cores do fp16 only. fp32 elsewhere.
+    """
+    if device.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(device)
+        return "bf16" if major >= 8 else "fp16"
+    if device.type == "cpu":
+        try:
+            return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+        except (AttributeError, RuntimeError):
+            return "fp32"
+    return "fp32"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch so a rerun draws the same initial weights."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def banner(device: torch.device | None = None) -> str:
+    """One short paragraph: where we run, device and precision, folders, mode."""
+    device = device or pick_device()
+    where = "Google Colab" if in_colab() else "local machine"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    mode = ("SMOKE mode (synthetic data, tiny runs; results are not real)" if smoke_mode()
+            else "real mode")
+    return (f"kdtp | {where} | device {name} ({pick_precision(device)}) | torch {torch.__version__}\n"
+            f"     | checkpoints {checkpoint_root()} | data {data_root()}\n"
+            f"     | {mode}")

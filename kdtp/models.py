@@ -1,0 +1,140 @@
+"""Teacher and student networks, their sizes, feature taps and adapters.
+
+Models come from torchvision (ImageNet weights through its weights enums), so a student
+reads the same ``resnet18`` the rest of the field uses; the kit only swaps the classifier
+and, on request, the stem. Intermediate maps are taken with torchvision's
+``create_feature_extractor``: the models are never edited to expose features.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+from torchvision.models.feature_extraction import create_feature_extractor
+
+# arch -> (constructor, ImageNet weights enum member or None)
+_RESNETS = {
+    "resnet18": (tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet50": (tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V2),
+}
+# small CNNs for CPU-only labs: base width -> widths (base, 2b, 4b, 8b)
+_CNN_WIDTH = {"cnn_large": 24, "cnn_small": 12, "cnn_tiny": 6}
+ARCHS = tuple(_RESNETS) + tuple(_CNN_WIDTH)
+
+# the map distilled in feature KD: the last stage before pooling
+FEATURE_LAYER = {"resnet18": "layer4", "resnet50": "layer4",
+                 "cnn_large": "layer3", "cnn_small": "layer3", "cnn_tiny": "layer3"}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet weights are neither cached nor downloadable; the message says where to put them."""
+
+
+def has_pretrained_weights(arch: str) -> bool:
+    return arch in _RESNETS
+
+
+def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
+
+
+class SmallCNN(nn.Sequential):
+    """A plain VGG-style CNN (airbench's shape): conv-pool blocks, global max pool, linear.
+
+    Fast on a CPU at 32 px and accurate for its size; its stages are named like a
+    ResNet's (``layer1``..``layer3``, ``fc``) so feature taps read the same for both.
+    """
+
+    def __init__(self, base: int, num_classes: int = 10):
+        w = [base, 2 * base, 4 * base, 8 * base]
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn(3, w[0]))
+        for i in range(3):
+            block = [nn.Conv2d(w[i], w[i + 1], 3, padding=1, bias=False), nn.MaxPool2d(2),
+                     nn.BatchNorm2d(w[i + 1]), nn.GELU(), *_conv_bn(w[i + 1], w[i + 1])]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*block))
+        self.pool = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(w[3], num_classes)
+
+
+def load_imagenet_weights(arch: str) -> dict[str, torch.Tensor]:
+    """The ImageNet state dict of ``arch`` via torchvision (cached in torch hub's folder)."""
+    weights = _RESNETS[arch][1]
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as exc:  # noqa: BLE001 - URLError, hash mismatch, truncated file
+        file = weights.url.rsplit("/", 1)[-1]
+        raise WeightsUnavailableError(
+            f"ImageNet weights for {arch} ({file}) are not cached and could not be downloaded "
+            f"({exc}). Copy {file} into {torch.hub.get_dir()}/checkpoints/, or use "
+            "pretrained=False (the scratch runs), or smoke mode (KDTP_SMOKE=1).") from None
+
+
+def build_model(arch: str, num_classes: int = 10, pretrained: bool = False,
+                cifar_stem: bool = False) -> nn.Module:
+    """A teacher or student network with a ``num_classes``-way classifier.
+
+    ``pretrained`` loads torchvision's ImageNet weights (all but the new classifier).
+    ``cifar_stem`` swaps the 7x7/2 conv + max-pool for a 3x3/1 conv: at 32 px the
+    ImageNet stem shrinks layer4 to 1x1 and throws away most spatial detail.
+    """
+    if arch in _CNN_WIDTH:
+        if pretrained:
+            raise ValueError(f"{arch} has no ImageNet weights: use pretrained=False "
+                             f"(pretrained weights exist for {', '.join(_RESNETS)})")
+        return SmallCNN(_CNN_WIDTH[arch], num_classes)
+    if arch not in _RESNETS:
+        raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
+    ctor, _ = _RESNETS[arch]
+    # zero-init of each block's last BN makes a fresh ResNet start as a shallow one:
+    # from scratch it learns markedly faster in the first epochs (Goyal et al. 2017)
+    model = ctor(weights=None, zero_init_residual=not pretrained)
+    if pretrained:
+        model.load_state_dict(load_imagenet_weights(arch))
+    if num_classes != model.fc.out_features:
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+    if cifar_stem:
+        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    return model
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def size_on_disk_mb(model: nn.Module) -> float:
+    """Bytes of the fp32 state dict, in MB: what a deployed checkpoint weighs."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e6
+
+
+def feature_tap(model: nn.Module, layers: list[str] | tuple[str, ...]) -> nn.Module:
+    """A view of ``model`` whose forward returns ``{layer: map, ..., "logits": out}``.
+
+    Built with torchvision's ``create_feature_extractor``; it shares the model's
+    parameters, so training through the tap trains the model itself.
+    """
+    nodes = {layer: layer for layer in layers}
+    nodes["fc"] = "logits"
+    return create_feature_extractor(model, return_nodes=nodes)
+
+
+@torch.no_grad()
+def feature_shape(model: nn.Module, layer: str, image_size: int = 32) -> tuple[int, ...]:
+    """(C, H, W) of ``layer``'s output for one ``image_size`` input (probe forward)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = feature_tap(model, [layer])(torch.zeros(1, 3, image_size, image_size, device=device))
+    model.train(was_training)
+    return tuple(out[layer].shape[1:])
+
+
+def make_adapter(student_channels: int, teacher_channels: int) -> nn.Module:
+    """1x1 conv (+BN) lifting the student's map to the teacher's width (512 -> 2048).
+
+    Trained with the student, dropped for evaluation: it only exists so the two maps
+    can be compared, and the deployed student stays a plain ResNet18.
+    """
+    return nn.Sequential(nn.Conv2d(student_channels, teacher_channels, 1, bias=False),
+                         nn.BatchNorm2d(teacher_channels))

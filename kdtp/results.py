@@ -1,0 +1,62 @@
+"""One results file per run folder that every finished run appends to.
+
+JSON lines, one object per finished training: run, recipe, data source, smoke flag,
+metrics, config hash, time. Appending (never rewriting) means a crash can cost at most
+the line being written; the comparison reads the latest line per run.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+
+RESULTS_FILE = "results.jsonl"
+
+
+def record(folder: Path | str, run: str, config: dict, metrics: dict, config_hash: str) -> Path:
+    path = Path(folder) / RESULTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    smoke = bool(config.get("smoke")) or config.get("data") != "cifar10"
+    line = {"run": run, "recipe": config.get("recipe"), "data": config.get("data"), "smoke": smoke,
+            "config_hash": config_hash, "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **{k: v for k, v in metrics.items()}}
+    with open(path, "a") as fh:
+        fh.write(json.dumps(line, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return path
+
+
+def load_results(folder: Path | str) -> list[dict]:
+    """Every recorded line (a torn last line from a crash is skipped)."""
+    path = Path(folder) / RESULTS_FILE
+    if not path.is_file():
+        return []
+    rows = []
+    for raw in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(raw))
+        except ValueError:
+            continue
+    return rows
+
+
+def latest_by_run(rows: list[dict]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for row in rows:
+        out[row["run"]] = row
+    return out
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table: run, test accuracy, parameters, training time; smoke rows flagged."""
+    if not rows:
+        return "(no results yet)"
+    header = f"{'run':34} {'test acc':>8} {'params':>11} {'train s':>8}  note"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        note = "SMOKE (synthetic data, not a real result)" if r.get("smoke") else r.get("recipe", "")
+        lines.append(f"{r['run']:34} {r.get('test_acc', float('nan')):8.4f} {r.get('params', 0):11,d} "
+                     f"{r.get('train_seconds', 0.0):8.1f}  {note}")
+    return "\n".join(lines)
