@@ -1,0 +1,72 @@
+"""The training loop: a short distillation on synthetic data must learn."""
+import pytest
+import torch
+
+from kdtp.data import DeviceLoader, load_cifar10
+from kdtp.distillers import FeatureKD, LogitKD, Strategy
+from kdtp.models import build_model
+from kdtp.train import evaluate, fit, make_optimizer, make_scheduler
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    return load_cifar10(tmp_path_factory.mktemp("d"), synthetic=True, train_subset=2048,
+                        val_subset=256, test_subset=256)
+
+
+def _loaders(d, batch=64):
+    return (DeviceLoader(d.train_x, d.train_y, batch, train=True),
+            DeviceLoader(d.val_x, d.val_y, 256, train=False),
+            DeviceLoader(d.test_x, d.test_y, 256, train=False))
+
+
+def _train(strategy, d, epochs=2, lr=0.03):
+    train, val, _ = _loaders(d)
+    params = [p for p in strategy.parameters() if p.requires_grad]
+    opt = make_optimizer(params, "sgd", lr, 5e-4)
+    sched = make_scheduler(opt, "onecycle", epochs * len(train), 0.25)
+    return fit(strategy, train, val, optimizer=opt, scheduler=sched, epochs=epochs,
+               precision="bf16", progress=False)
+
+
+def test_short_distillation_beats_chance_and_keeps_the_teacher_frozen(small_data):
+    torch.manual_seed(0)
+    teacher = build_model("cnn_large").to(memory_format=torch.channels_last)
+    state = _train(Strategy(teacher), small_data)
+    assert state.best_val_acc > 0.5
+
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = build_model("cnn_small").to(memory_format=torch.channels_last)
+    kd = LogitKD(student, teacher, temperature=4.0, alpha=0.5)
+    state = _train(kd, small_data)
+    _, _, test = _loaders(small_data)
+    acc = evaluate(student, test, "bf16")
+    assert acc > 0.3, f"distilled student at {acc:.3f}, chance is 0.10"
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert not teacher.training
+    h = state.history
+    assert {"train_ce", "train_kd", "train_loss", "train_acc", "val_acc", "lr", "seconds"} <= set(h)
+    assert len(h["val_acc"]) == 2 and state.best_val_acc == max(h["val_acc"])
+    assert "teacher" not in dict(kd.named_modules())                   # never saved or trained
+
+
+def test_best_weights_are_those_of_the_best_validation_epoch(small_data):
+    torch.manual_seed(1)
+    model = build_model("cnn_tiny")
+    state = _train(Strategy(model), small_data, epochs=3)
+    model.load_state_dict(state.best_model)
+    _, val, _ = _loaders(small_data)
+    assert evaluate(model, val, "bf16") == pytest.approx(state.best_val_acc)
+
+
+def test_feature_kd_trains_an_adapter_that_is_not_part_of_the_student(small_data):
+    torch.manual_seed(2)
+    teacher = build_model("cnn_small").eval()
+    student = build_model("cnn_tiny")
+    fkd = FeatureKD(student, teacher, "cnn_tiny", "cnn_small", image_size=32)
+    adapter_before = fkd.hint.adapter[0].weight.clone()
+    state = _train(fkd, small_data, epochs=1)
+    assert "train_feat" in state.history
+    assert not torch.equal(adapter_before, fkd.hint.adapter[0].weight)
+    assert not any(k.startswith("hint") for k in student.state_dict())
+    assert set(fkd.extra_state()) and all(k.startswith("hint.") for k in fkd.extra_state())

@@ -1,0 +1,68 @@
+"""train_or_load: trains once, loads afterwards, never loads another configuration."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import kdtp.checkpoint as ck
+from kdtp.checkpoint import load_checkpoint, train_or_load
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("train_or_load trained although a matching checkpoint exists")
+
+
+def test_second_call_loads_without_training(tmp_path, monkeypatch):
+    kw = dict(recipe="cpu", smoke=True, ckpt_dir=tmp_path / "ck", data_dir=tmp_path / "d", progress=False)
+    first = train_or_load("student_scratch_baseline", **kw)
+    assert first.source == "trained" and first.path.name == "student_scratch_baseline_best.pt"
+    assert first.path.parent == tmp_path / "ck" / "smoke" / "cpu"        # smoke kept apart
+    monkeypatch.setattr(ck, "fit", _no_training)
+    second = train_or_load("student_scratch_baseline", **kw)
+    assert second.source == "loaded"
+    assert second.test_acc == first.test_acc
+    for k, v in first.model.state_dict().items():
+        assert torch.equal(v, second.model.state_dict()[k])
+
+
+def test_checkpoint_holds_only_safe_types_and_the_facts(tmp_path):
+    r = train_or_load("teacher_resnet50", "cpu", smoke=True, ckpt_dir=tmp_path, data_dir=tmp_path / "d",
+                      progress=False)
+    payload = torch.load(r.path, weights_only=True)                    # no pickled code needed
+    assert payload["config_hash"] == r.config_hash and payload["smoke"] is True
+    assert payload["config"]["data"] == "synthetic" and payload["config"]["recipe"] == "cpu"
+    assert {"test_acc", "val_acc", "params"} <= set(payload["metrics"])
+    assert {"torch", "torchvision", "kdtp"} <= set(payload["versions"])
+    assert r.smoke and "smoke" in r.label
+
+
+def test_other_settings_train_separately_and_keep_the_first(tmp_path, monkeypatch):
+    kw = dict(recipe="cpu", smoke=True, ckpt_dir=tmp_path, data_dir=tmp_path / "d", progress=False)
+    base = train_or_load("student_scratch_kd_scores", **kw)
+    other = train_or_load("student_scratch_kd_scores", alpha=0.9, **kw)
+    assert other.source == "trained" and other.path != base.path
+    assert other.config["alpha"] == 0.9 and base.config["alpha"] == 0.5
+    assert load_checkpoint(base.path)["config"]["alpha"] == 0.5         # first run untouched
+    monkeypatch.setattr(ck, "fit", _no_training)
+    again = train_or_load("student_scratch_kd_scores", alpha=0.9, **kw)   # finds the variant
+    assert again.source == "loaded" and again.path == other.path
+    # the teacher's identity does not depend on KD-only settings
+    assert other.teacher.path == base.teacher.path
+
+
+def test_load_only_without_a_checkpoint_says_what_to_do(tmp_path):
+    with pytest.raises(ck.CheckpointError, match="without load_only"):
+        train_or_load("student_scratch_baseline", "cpu", smoke=True, ckpt_dir=tmp_path,
+                      data_dir=tmp_path / "d", load_only=True, progress=False)
+
+
+def test_cli_trains_then_loads(tmp_path):
+    cmd = [sys.executable, "-m", "kdtp", "train", "student_pretrained_baseline", "--smoke",
+           "--recipe", "cpu", "--ckpt-dir", str(tmp_path / "ck"), "--data-dir", str(tmp_path / "d")]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "test accuracy" in first.stdout and "(trained:" in first.stdout and "SMOKE" in first.stdout
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "(loaded:" in second.stdout and "[kdtp] training" not in second.stdout
