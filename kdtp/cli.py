@@ -72,14 +72,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _train(args) -> int:
-    from .checkpoint import train_or_load
-    from .recipes import parse_set_args
+def _train_settings(args) -> tuple[bool | None, dict]:
+    """(smoke, overrides) from ``--smoke``, ``--epochs`` and ``--set`` (checked and typed).
 
-    overrides = parse_set_args(args.set)
+    ``--set smoke=...`` is the same switch as ``--smoke``; ``--set name=...`` is refused
+    (pick a recipe with ``--recipe``).
+    """
+    from .recipes import coerce_overrides, parse_set_args
+
+    overrides = coerce_overrides(parse_set_args(args.set))
+    smoke = overrides.pop("smoke", None)
+    if args.smoke:
+        smoke = True
     if args.epochs:
         overrides.update(epochs=args.epochs, teacher_epochs=args.epochs)
-    smoke = True if args.smoke else None
+    return smoke, overrides
+
+
+def _train(args) -> int:
+    from .checkpoint import train_or_load
+
+    smoke, overrides = _train_settings(args)
     result = train_or_load(args.name, args.recipe, smoke=smoke, ckpt_dir=args.ckpt_dir,
                            data_dir=args.data_dir, load_only=args.load_only, **overrides)
     tag = "  [SMOKE: synthetic data, not a real result]" if result.smoke else ""
@@ -87,15 +100,79 @@ def _train(args) -> int:
     return 0
 
 
+def _check_dir_arg(flag: str, path: Path | None, *, must_exist: bool = False,
+                   writable: bool = True) -> None:
+    """Refuse a folder argument that cannot work, before anything is written.
+
+    A file where a folder is wanted, a folder inside a file, a folder that must exist and
+    does not, or one that cannot be created or written to.
+    """
+    if path is None:
+        return
+    path = path.expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{flag} {path} is a file, not a folder: give a folder path")
+        if writable and not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"{flag} {path} is not writable: pick a folder you can write to")
+        return
+    if must_exist:
+        raise ConfigError(f"{flag} {path} does not exist")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {path} is inside {parent}, which is a file: give a folder path")
+    if writable and not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path} cannot be created ({parent} is not writable)")
+
+
+def _check_environment() -> None:
+    """Every KDTP_* variable is read once here, so a typo fails fast with exit 2."""
+    from .checkpoint import default_manifest_path
+    from .env import _dir_from_env, pick_device, smoke_mode
+    from .recipes import default_recipe_name
+
+    smoke_mode()
+    for var in ("KDTP_CKPT_DIR", "KDTP_DATA_DIR", "KDTP_FIGURES_DIR"):
+        _dir_from_env(var)
+    pick_device()
+    default_recipe_name()
+    if os.environ.get("KDTP_MANIFEST", "").strip() and default_manifest_path().is_dir():
+        raise ConfigError(f"KDTP_MANIFEST={os.environ['KDTP_MANIFEST']!r} is a folder: point it at "
+                          "the manifest JSON file")
+
+
+def _check_args(args) -> None:
+    for attr, flag, kw in (("ckpt_dir", "--ckpt-dir", {}), ("data_dir", "--data-dir", {}),
+                           ("out", "--out", {}), ("synthetic", "--synthetic", {})):
+        if getattr(args, attr, None) is not None:
+            _check_dir_arg(flag, getattr(args, attr), **kw)
+    if args.command == "publish":
+        if args.ckpt_dir is not None:
+            _check_dir_arg("--ckpt-dir", args.ckpt_dir, must_exist=True, writable=False)
+        if args.manifest is not None and args.manifest.expanduser().is_dir():
+            raise ConfigError(f"--manifest {args.manifest} is a folder: give the path of a JSON file")
+    if args.command == "train":
+        from .recipes import get_recipe
+
+        smoke, overrides = _train_settings(args)
+        get_recipe(args.recipe, smoke=smoke, **overrides)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+
     args = build_parser().parse_args(argv)
     try:
+        _check_environment()
+        _check_args(args)
         if args.command == "train":
             return _train(args)
         if args.command == "data":
             from .data import write_synthetic_cifar10
 
-            folder = write_synthetic_cifar10(args.synthetic, n_train=max(args.train, 50), n_test=args.test)
+            folder = write_synthetic_cifar10(args.synthetic, n_train=max(args.train, 50), n_test=max(args.test, 10))
             print(f"synthetic CIFAR-10 written to {folder} (not real data; for smoke runs and tests)")
             return 0
         if args.command == "lab":
@@ -111,10 +188,17 @@ def main(argv: list[str] | None = None) -> int:
 
             return publish(recipe=args.recipe, ckpt_dir=args.ckpt_dir, manifest=args.manifest, ids=args.id)
     except ConfigError as exc:
-        print(f"python -m kdtp: error: {exc}", file=sys.stderr)
+        print(f"python -m kdtp: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except CheckpointError as exc:   # a file problem, not a typo: say what and what next
+        print(f"python -m kdtp: {_one_line(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted: finished epochs are saved; run the same command again to resume.",
               file=sys.stderr)
         return 130
     return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())

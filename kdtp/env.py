@@ -75,8 +75,9 @@ def _dir_from_env(var: str) -> Path | None:
 def mount_drive() -> Path | None:
     """Mount Google Drive on Colab (asks the student once); elsewhere do nothing.
 
-    Returns the checkpoint folder on Drive, or None when Drive is unavailable; the kit
-    then keeps checkpoints locally and says so rather than crash the lab.
+    Returns the checkpoint folder on Drive, or None when Drive is unavailable (mount
+    refused or failed, Drive full or read-only); the kit then keeps checkpoints locally
+    and says so rather than crash the lab.
     """
     if not in_colab():
         return None
@@ -85,24 +86,56 @@ def mount_drive() -> Path | None:
 
         drive.mount(str(COLAB_DRIVE_MOUNT))
     except Exception as exc:  # noqa: BLE001 - any Drive failure must fall back, not crash
-        warnings.warn(f"Google Drive could not be mounted ({exc}); checkpoints stay in the "
-                      "local folder and are lost when the runtime is recycled.")
+        warnings.warn(f"Google Drive could not be mounted ({exc}); checkpoints stay in "
+                      f"{local_checkpoint_root()} and are lost when the runtime is recycled.",
+                      stacklevel=2)
+        return None
+    if not COLAB_DRIVE_MOUNT.joinpath("MyDrive").is_dir():
+        warnings.warn(f"Google Drive was mounted but {COLAB_DRIVE_MOUNT / 'MyDrive'} is missing; "
+                      f"checkpoints stay in {local_checkpoint_root()}.", stacklevel=2)
+        return None
+    if not _writable(COLAB_CKPT_DIR):
+        warnings.warn(f"{COLAB_CKPT_DIR} is not writable (Drive full, over quota or read-only); "
+                      f"checkpoints stay in {local_checkpoint_root()} and are lost when the "
+                      "runtime is recycled. Free some Drive space and run mount_drive() again.",
+                      stacklevel=2)
         return None
     return COLAB_CKPT_DIR
 
 
 def _writable(folder: Path) -> bool:
-    """Create ``folder`` and prove a file can be written there (Drive can be full or RO)."""
+    """Create ``folder`` and prove a file can be written there (Drive can be full or RO).
+
+    The probe is written, flushed and fsynced: a full Drive often accepts ``open`` and
+    fails only when the bytes are pushed out.
+    """
+    probe = folder / f".kdtp-write-probe-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".kdtp-write-probe-{os.getpid()}"
         with open(probe, "wb") as fh:
             fh.write(b"ok")
             fh.flush()
             os.fsync(fh.fileno())
-        probe.unlink()
         return True
     except OSError:
+        return False
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+
+
+def local_checkpoint_root() -> Path:
+    """``<project>/checkpoints``: where checkpoints go when nothing else is asked or possible."""
+    return project_root() / "checkpoints"
+
+
+def _under(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except (ValueError, OSError):
         return False
 
 
@@ -114,19 +147,28 @@ def checkpoint_root() -> Path:
     warning and the local folder, never a crash.
     """
     from_env = _dir_from_env("KDTP_CKPT_DIR")
+    local = local_checkpoint_root()
+    drive_mounted = COLAB_DRIVE_MOUNT.joinpath("MyDrive").is_dir()
     if from_env is not None:
+        # writing under /content/drive before Drive is mounted would create local folders
+        # there, and Colab then refuses to mount Drive onto the non-empty mount point
+        if in_colab() and not drive_mounted and _under(from_env, COLAB_DRIVE_MOUNT):
+            warnings.warn(f"KDTP_CKPT_DIR={from_env} is on Google Drive, which is not mounted; "
+                          f"checkpoints go to {local} and are lost if the runtime resets. Run "
+                          "kdtp.env.mount_drive() first to keep them.", stacklevel=2)
+            return local
         return from_env
-    local = project_root() / "checkpoints"
     if in_colab():
-        if COLAB_DRIVE_MOUNT.joinpath("MyDrive").is_dir():
+        if drive_mounted:
             if _writable(COLAB_CKPT_DIR):
                 return COLAB_CKPT_DIR
-            warnings.warn(f"{COLAB_CKPT_DIR} is not writable (Drive full or read-only); "
-                          f"checkpoints go to {local} and are lost if the runtime resets.")
+            warnings.warn(f"{COLAB_CKPT_DIR} is not writable (Drive full, over quota or read-only); "
+                          f"checkpoints go to {local} and are lost if the runtime resets.",
+                          stacklevel=2)
         else:
             warnings.warn("Google Drive is not mounted; checkpoints go to "
                           f"{local} and are lost if the runtime resets. Run "
-                          "kdtp.env.mount_drive() first to keep them.")
+                          "kdtp.env.mount_drive() first to keep them.", stacklevel=2)
     return local
 
 
