@@ -255,4 +255,9 @@ def run_lab(smoke: bool | None = None, recipe: str | None = None, out_dir: Path 
             print(comparison_text(recipe_name, smoke), flush=True)
         except ConfigError as exc:  # pragma: no cover - recipe validated above
             print(f"(no comparison table: {exc})")
+        from .plots import figures_dir
+
+        if (out_dir / "06_comparison.ipynb").is_file():
+            print(f"\nSize, latency and throughput: {out_dir / '06_comparison.ipynb'} and "
+                  f"{figures_dir(smoke) / 'comparison.csv'}; figures in {figures_dir(smoke)}", flush=True)
     return 0

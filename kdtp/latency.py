@@ -8,6 +8,7 @@ neighbour on a shared machine).
 """
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -16,7 +17,8 @@ import torch
 from torch import nn
 
 from .env import pick_precision
-from .train import autocast
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -56,32 +58,37 @@ def measure(model: nn.Module, batch_size: int = 1, image_size: int = 32, *,
     """Time ``model`` on random input of ``batch_size`` x 3 x ``image_size``^2, on its device.
 
     ``precision`` defaults to the one kdtp trains with on this device (bf16 / fp16 /
-    fp32), so the numbers are those of the deployed model. Runs ``warmup`` untimed
-    passes, then at least ``min_iterations`` and until ``min_seconds`` have passed (at
-    most ``max_iterations``); returns the median.
+    fp32). A reduced precision is measured on a copy of the model converted to it, as a
+    deployed model would be held: under autocast every call would re-cast all weights,
+    which on a CPU can cost more than the convolutions. Runs ``warmup`` untimed passes,
+    then at least ``min_iterations`` and until ``min_seconds`` have passed (at most
+    ``max_iterations``); returns the median.
     """
     if batch_size < 1 or image_size < 1:
         raise ValueError(f"batch_size and image_size must be >= 1, got {batch_size}, {image_size}")
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     precision = precision or pick_precision(device)
+    if precision not in _DTYPES:
+        raise ValueError(f"precision {precision!r} is unknown: choose one of {', '.join(_DTYPES)}")
+    dtype = _DTYPES[precision]
     was_training = model.training
-    model.eval()
-    x = torch.randn(batch_size, 3, image_size, image_size, device=device)
+    net = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+    net.eval()
+    x = torch.randn(batch_size, 3, image_size, image_size, device=device, dtype=dtype)
     x = x.contiguous(memory_format=torch.channels_last)
     times: list[float] = []
     try:
-        with autocast(device, precision):
-            for _ in range(warmup):
-                model(x)
+        for _ in range(warmup):
+            net(x)
+        _sync(device)
+        started = time.perf_counter()
+        while len(times) < max_iterations and (len(times) < min_iterations
+                                               or time.perf_counter() - started < min_seconds):
+            t0 = time.perf_counter()
+            net(x)
             _sync(device)
-            started = time.perf_counter()
-            while len(times) < max_iterations and (len(times) < min_iterations
-                                                   or time.perf_counter() - started < min_seconds):
-                t0 = time.perf_counter()
-                model(x)
-                _sync(device)
-                times.append(time.perf_counter() - t0)
+            times.append(time.perf_counter() - t0)
     finally:
         model.train(was_training)
     return Speed(batch_size, image_size, device.type, precision, statistics.median(times), len(times))

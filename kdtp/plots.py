@@ -407,13 +407,19 @@ def feature_maps(images: torch.Tensor, maps: Mapping[str, torch.Tensor], n: int 
     smoke = is_smoke(smoke=smoke)
     n = min(n, len(images))
     fig, axes = plt.subplots(n, 1 + len(maps), figsize=(2.2 * (1 + len(maps)), 2.2 * n), squeeze=False)
+    # one colour scale per network, shared by its images: a 1x1 map still shows how
+    # strongly each image excites it
+    energies = {name: fmap[:n].float().pow(2).mean(1).cpu() for name, fmap in maps.items()}
     for i in range(n):
         axes[i][0].imshow(_to_hwc(images[i]), interpolation="nearest")
-        for j, (name, fmap) in enumerate(maps.items(), start=1):
-            energy = fmap[i].float().pow(2).mean(0).cpu()
-            axes[i][j].imshow(energy.numpy(), cmap="magma", interpolation="nearest")
+        for j, (name, energy) in enumerate(energies.items(), start=1):
+            axes[i][j].imshow(energy[i].numpy(), cmap="magma", interpolation="nearest",
+                              vmin=0.0, vmax=float(energy.max()) or 1.0)
+            if energy.shape[-2:] == (1, 1):
+                axes[i][j].text(0, 0, f"{float(energy[i]):.3g}", ha="center", va="center",
+                                color="#2ecc71", fontsize=9)
             if i == 0:
-                axes[0][j].set_title(f"{name}\n{tuple(fmap.shape[1:])}", fontsize=9)
+                axes[0][j].set_title(f"{name}\n{tuple(maps[name].shape[1:])}", fontsize=9)
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
