@@ -417,7 +417,8 @@ def feature_maps(images: torch.Tensor, maps: Mapping[str, torch.Tensor], n: int 
                               vmin=0.0, vmax=float(energy.max()) or 1.0)
             if energy.shape[-2:] == (1, 1):
                 axes[i][j].text(0, 0, f"{float(energy[i]):.3g}", ha="center", va="center",
-                                color="#2ecc71", fontsize=9)
+                                color="black", fontsize=9,
+                                bbox=dict(facecolor="white", alpha=0.7, lw=0))
             if i == 0:
                 axes[0][j].set_title(f"{name}\n{tuple(maps[name].shape[1:])}", fontsize=9)
         for ax in axes[i]:
