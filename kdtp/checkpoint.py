@@ -306,6 +306,11 @@ def fetch_published(entry: dict, dest: Path) -> Path:
     sha = str(entry.get("sha256") or "")
     if not isinstance(file_id, str) or not file_id.strip():
         raise CheckpointError(f"the manifest entry for {dest.name} has no Drive file id")
+    try:
+        want_size = None if entry.get("size") is None else int(entry["size"])
+    except (TypeError, ValueError):
+        raise CheckpointError(f"the manifest entry for {dest.name} has a size that is not a number "
+                              f"({entry.get('size')!r}); regenerate it with 'python -m kdtp publish'") from None
     if not re.fullmatch(r"[0-9a-f]{64}", sha):
         raise CheckpointError(f"the manifest entry for {dest.name} has no valid sha256, so a "
                               "download could not be verified; regenerate it with 'python -m kdtp publish'")
@@ -328,9 +333,9 @@ def fetch_published(entry: dict, dest: Path) -> Path:
             raise CheckpointError(f"Drive returned a web page instead of {dest.name} (download quota "
                                   "exceeded, or the file is not shared with 'anyone with the link')")
         size = tmp_path.stat().st_size
-        if entry.get("size") is not None and size != int(entry["size"]):
+        if want_size is not None and size != want_size:
             raise CheckpointError(f"downloaded {dest.name} has {size} bytes, the manifest says "
-                                  f"{entry['size']} (incomplete download or a different file)")
+                                  f"{want_size} (incomplete download or a different file)")
         digest = sha256_file(tmp_path)
         if digest != sha:
             raise CheckpointError(f"downloaded {dest.name} has sha256 {digest[:12]}..., the manifest "

@@ -162,6 +162,8 @@ def _check_args(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
+    from .data import DataNotFoundError
+    from .models import WeightsUnavailableError
 
     args = build_parser().parse_args(argv)
     try:
@@ -191,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m kdtp: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except CheckpointError as exc:   # a file problem, not a typo: say what and what next
+        print(f"python -m kdtp: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except (DataNotFoundError, WeightsUnavailableError) as exc:   # offline, nothing cached
         print(f"python -m kdtp: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,7 +1,7 @@
 """Checkpoint files: atomic writes, strict and safe loading, stale configurations.
 
-Faults tried here: a write that dies half-way (exception, full disk), SIGKILL of a process
-writing checkpoints in a loop (8 kills), truncated files (5 cut points), empty / HTML /
+Faults tried here: a write that dies half-way (exception, full disk, 3 times), processes
+writing checkpoints in a loop frozen 20 times and killed 4 times at random moments, truncated files (5 cut points), empty / HTML /
 random / bit-flipped files, pickles whose unpickling would run code (3 kinds), files with
 missing keys, and checkpoints made with other settings (alpha, epochs, smoke vs real).
 """
@@ -26,7 +26,7 @@ from kdtp.checkpoint import (CheckpointError, CorruptCheckpointError, atomic_sav
                              train_or_load)
 
 # the smallest real runs: tiny CNNs, a few batches, one epoch
-TINY = dict(recipe="cpu", smoke=True, progress=False, train_subset=256, val_subset=64,
+TINY = dict(recipe="cpu", smoke=True, progress=False, train_subset=128, val_subset=64,
             test_subset=64, teacher_arch="cnn_tiny", student_arch="cnn_tiny", epochs=1,
             teacher_epochs=1)
 RUN = "student_scratch_baseline"
@@ -103,35 +103,55 @@ _WRITER = textwrap.dedent("""
 
 
 def test_sigkill_during_writes_never_leaves_a_torn_checkpoint(tmp_path):
-    """8 SIGKILLs at random moments of a loop of atomic_save calls; load after each."""
+    """Writers saving 24 MB checkpoints in a loop: 20 freezes (SIGSTOP: the disk then holds
+    exactly what a kill at that instant would leave) and 4 SIGKILLs at random moments; the
+    file on disk must load after every one."""
     script = tmp_path / "writer.py"
     script.write_text(_WRITER)
     target = tmp_path / "out" / "model_best.pt"
     rng = random.Random(1234)
-    seen_versions = []
-    for kill in range(8):
+    versions, mid_write = [], 0
+
+    def check_disk():
+        nonlocal mid_write
+        payload = load_checkpoint(target)                      # must load, every time
+        assert payload["model"]["w"][0].item() == int(payload["config_hash"])
+        versions.append(int(payload["config_hash"]))
+        leftovers = [p for p in target.parent.iterdir() if p != target]
+        assert all(p.name.startswith(".") and p.name.endswith(".tmp") for p in leftovers), leftovers
+        assert list(target.parent.glob("*.pt")) == [target], "a temp file looks like a checkpoint"
+        return leftovers
+
+    kills = freezes = 0
+    for _ in range(4):
         proc = subprocess.Popen([sys.executable, str(script), str(target)], stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True)
         try:
             assert proc.stdout.readline().strip(), "the writer died before its first save"
-            time.sleep(rng.uniform(0.0, 0.6))
+            for _ in range(5):
+                time.sleep(rng.uniform(0.0, 0.3))
+                proc.send_signal(signal.SIGSTOP)
+                try:
+                    freezes += 1
+                    mid_write += any(f".{proc.pid}." in p.name for p in check_disk())
+                finally:
+                    proc.send_signal(signal.SIGCONT)
+            time.sleep(rng.uniform(0.0, 0.3))
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
-        version = int(load_checkpoint(target)["config_hash"])   # must load, every time
-        assert load_checkpoint(target)["model"]["w"][0].item() == version
-        seen_versions.append(version)
-        leftovers = [p for p in target.parent.iterdir() if p != target]
-        assert all(p.name.startswith(".") and p.name.endswith(".tmp") for p in leftovers), leftovers
-        assert list(target.parent.glob("*.pt")) == [target], "a temp file looks like a checkpoint"
-    assert len(seen_versions) == 8 and all(v >= 1 for v in seen_versions)
-    # kills that landed inside a write left a temp file (at most one each); the next run in
-    # that folder removes the leftovers of dead writers
+            kills += 1
+        check_disk()
+    assert (kills, freezes) == (4, 20) and len(set(versions)) > 1
+    assert mid_write > 0, "no freeze landed inside a write: the test proved nothing"
+    # kills inside a write left a temp file (one each at most); the next run in that
+    # folder removes the leftovers of dead writers
     present = sorted(target.parent.glob(".*.tmp"))
-    assert len(present) <= 8
+    assert len(present) <= kills
     assert sorted(ck.remove_stale_temps(target.parent)) == present
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]
-    print(f"8 kills, {len(present)} inside a write; versions on disk after each kill: {seen_versions}")
+    print(f"{kills} kills and {freezes} freezes, {mid_write} freezes inside a write, "
+          f"{len(present)} kills inside a write")
 
 
 # ----------------------------------------------------------------------------- safe loading

@@ -2,8 +2,8 @@
 
 Faults tried here (a fake gdown, no network): an HTML quota page, wrong bytes of the right
 size, a short download, a download that dies half-way, a gdown exception (quota), gdown
-returning None, a manifest entry made with other settings, a manifest entry without a
-sha256, a manifest that is not JSON; for publish: smoke checkpoints, a corrupt checkpoint,
+returning None, a manifest entry made with other settings, manifest entries that cannot be verified
+(no or bad sha256, a non-numeric size, a non-text id), a manifest that is not JSON; for publish: smoke checkpoints, a corrupt checkpoint,
 malformed and unknown ``--id`` values.
 """
 import json
@@ -137,14 +137,21 @@ def test_entry_of_other_settings_is_not_downloaded(smoke_run, tmp_path, monkeypa
     assert calls == []
 
 
-def test_entry_without_sha256_is_refused(smoke_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("field,value,message", [
+    ("sha256", None, "no valid sha256"),
+    ("sha256", "abc", "no valid sha256"),
+    ("size", "big", "size that is not a number"),
+    ("file_id", 12345, "no Drive file id"),
+])
+def test_unverifiable_entry_is_refused_before_downloading(smoke_run, tmp_path, monkeypatch,
+                                                          field, value, message):
     result, manifest = smoke_run
-    unverifiable = json.loads(json.dumps(manifest))
-    del unverifiable["checkpoints"][f"cpu/{RUN}"]["sha256"]
+    broken = json.loads(json.dumps(manifest))
+    broken["checkpoints"][f"cpu/{RUN}"][field] = value
     fake, calls = _fake_downloader(lambda fid, out: shutil.copy(result.path, out))
     monkeypatch.setattr(ck, "_gdown_download", fake)
-    with pytest.raises(CheckpointError, match="no valid sha256"):
-        train_or_load(RUN, ckpt_dir=tmp_path, smoke=True, manifest=unverifiable, load_only=True, **TINY)
+    with pytest.raises(CheckpointError, match=message):
+        train_or_load(RUN, ckpt_dir=tmp_path, smoke=True, manifest=broken, load_only=True, **TINY)
     assert calls == []
 
 
