@@ -186,8 +186,9 @@ def publish(recipe: str | None = None, ckpt_dir: Path | str | None = None,
         print("  2. share each one: 'Anyone with the link' can view")
         print("  3. run publish again with the ids (the part after /d/ in the share link), e.g.")
         k0 = missing[0]
-        print(f"     python -m kdtp publish{f' --recipe {recipe}' if recipe else ''} --manifest {manifest_path} "
-              f"--id {k0}=<DRIVE_ID>")
+        where = f" --ckpt-dir {root}" if ckpt_dir is not None else ""
+        print(f"     python -m kdtp publish{f' --recipe {recipe}' if recipe else ''}{where} "
+              f"--manifest {manifest_path} --id {k0}=<DRIVE_ID>")
         print("  4. commit the manifest (or give students its path as KDTP_MANIFEST)")
     else:
         print("  every entry has a Drive id: commit the manifest (or give students its path as "
