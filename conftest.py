@@ -17,3 +17,10 @@ os.environ.setdefault("KDTP_MANIFEST", os.path.join(_session_dir, "manifest.json
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.pop("KDTP_RECIPE", None)
 os.environ.pop("KDTP_DEVICE", None)
+
+
+def pytest_unconfigure(config):
+    """Remove the session's throw-away folders (checkpoints, data, figures) at the end."""
+    import shutil
+
+    shutil.rmtree(_session_dir, ignore_errors=True)
