@@ -57,10 +57,15 @@ def make_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     if name == "onecycle":
+        if total_steps < 2:  # no cycle fits in one step (OneCycleLR divides by zero)
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         max_lrs = [g["lr"] for g in optimizer.param_groups]
+        # the warm-up must end after step 1 (pct_start * total_steps > 1) or OneCycleLR
+        # divides by zero: short runs get a 1.5-step warm-up
+        pct_start = warmup_fraction if warmup_fraction * total_steps > 1 else 1.5 / total_steps
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=max_lrs, total_steps=total_steps,
-            pct_start=max(warmup_fraction, 1.0 / total_steps), anneal_strategy="linear",
+            pct_start=pct_start, anneal_strategy="linear",
             div_factor=10.0, final_div_factor=100.0, cycle_momentum=False)
     raise ValueError(f"schedule {name!r} is unknown: choose constant, cosine or onecycle")
 
@@ -115,6 +120,7 @@ def fit(strategy, train_loader: DeviceLoader, val_loader: DeviceLoader, *,
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            lr_used = optimizer.param_groups[0]["lr"]   # before the schedule moves past the last step
             scheduler.step()
             with torch.no_grad():
                 for k, v in terms.items():
@@ -134,7 +140,7 @@ def fit(strategy, train_loader: DeviceLoader, val_loader: DeviceLoader, *,
         h.setdefault("train_loss", []).append(sum(v.item() for v in sums.values()) / seen)
         h.setdefault("train_acc", []).append(correct.item() / seen)
         h.setdefault("val_acc", []).append(val_acc)
-        h.setdefault("lr", []).append(optimizer.param_groups[0]["lr"])
+        h.setdefault("lr", []).append(lr_used)
         h.setdefault("seconds", []).append(time.perf_counter() - started)
         state.epoch = epoch + 1
         if val_acc > state.best_val_acc:
