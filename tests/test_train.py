@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from kdtp.data import DeviceLoader, load_cifar10
+from kdtp.env import pick_precision
 from kdtp.distillers import FeatureKD, LogitKD, Strategy
 from kdtp.models import build_model
 from kdtp.train import evaluate, fit, make_optimizer, make_scheduler
@@ -12,6 +13,12 @@ from kdtp.train import evaluate, fit, make_optimizer, make_scheduler
 def small_data(tmp_path_factory):
     return load_cifar10(tmp_path_factory.mktemp("d"), synthetic=True, train_subset=2048,
                         val_subset=256, test_subset=256)
+
+
+# the precision fit picks on this machine: bf16 where the CPU does it natively (AMX), fp32
+# elsewhere; forcing bf16 on a CPU without it emulates it ~10x slower and tests nothing more
+# (tests/test_precision.py checks bf16 itself)
+PRECISION = pick_precision(torch.device("cpu"))
 
 
 def _loaders(d, batch=64):
@@ -26,7 +33,7 @@ def _train(strategy, d, epochs=2, lr=0.03):
     opt = make_optimizer(params, "sgd", lr, 5e-4)
     sched = make_scheduler(opt, "onecycle", epochs * len(train), 0.25)
     return fit(strategy, train, val, optimizer=opt, scheduler=sched, epochs=epochs,
-               precision="bf16", progress=False)
+               precision=PRECISION, progress=False)
 
 
 def test_short_distillation_beats_chance_and_keeps_the_teacher_frozen(small_data):
@@ -40,7 +47,7 @@ def test_short_distillation_beats_chance_and_keeps_the_teacher_frozen(small_data
     kd = LogitKD(student, teacher, temperature=4.0, alpha=0.5)
     state = _train(kd, small_data)
     _, _, test = _loaders(small_data)
-    acc = evaluate(student, test, "bf16")
+    acc = evaluate(student, test, PRECISION)
     assert acc > 0.3, f"distilled student at {acc:.3f}, chance is 0.10"
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert not teacher.training
@@ -56,7 +63,7 @@ def test_best_weights_are_those_of_the_best_validation_epoch(small_data):
     state = _train(Strategy(model), small_data, epochs=3)
     model.load_state_dict(state.best_model)
     _, val, _ = _loaders(small_data)
-    assert evaluate(model, val, "bf16") == pytest.approx(state.best_val_acc)
+    assert evaluate(model, val, PRECISION) == pytest.approx(state.best_val_acc)
 
 
 def test_feature_kd_trains_an_adapter_that_is_not_part_of_the_student(small_data):
