@@ -31,7 +31,7 @@ from torch import nn
 from . import __version__
 from .env import checkpoint_root, local_checkpoint_root, pick_device, pick_precision
 from .recipes import Recipe, get_recipe
-from .runs import (RunSpec, build_network, build_strategy, get_data, get_run, loaders,
+from .runs import (RUNS, RunSpec, build_network, build_strategy, get_data, get_run, loaders,
                    run_config, TEACHER)
 from .train import FitState, evaluate, fit, make_optimizer, make_scheduler
 
@@ -529,7 +529,12 @@ def train_or_load(name: str, recipe: str | Recipe | None = None, *, smoke: bool 
                  "no training needed.", verbose)
             return result
 
-    # 2. a published copy (instructor's manifest)
+    # 2. the very same training, already finished under another run's name
+    twin = _from_twin(spec, recipe, config, wanted, folder, best_path, device, teacher, verbose)
+    if twin is not None:
+        return twin
+
+    # 3. a published copy (instructor's manifest)
     published = _from_manifest(spec, recipe, wanted, best_path, manifest, load_only, verbose, device,
                                teacher, notes)
     if published is not None:
@@ -541,8 +546,53 @@ def train_or_load(name: str, recipe: str | Recipe | None = None, *, smoke: bool 
                               "published: run without load_only to train it, or ask for the "
                               "instructor's checkpoints (manifest).")
 
-    # 3. train, resuming an unfinished run if there is one
+    # 4. train, resuming an unfinished run if there is one
     return _train(spec, recipe, config, wanted, data, folder, stem, device, teacher, verbose, progress)
+
+
+def _twin_checkpoint(spec: RunSpec, config: dict, folder: Path,
+                     device: torch.device) -> tuple[str, dict] | None:
+    """(name, payload) of a finished run whose configuration is ``config`` but for its name.
+
+    Where no ImageNet weights are used (the ``cpu`` recipe, smoke mode) a "scratch" run and
+    its "pretrained" namesake build the same network from the same seed and see the same
+    batches: training it twice would give the same weights twice. Only sound files whose
+    stored hash matches are taken; anything else is left for its own run to deal with.
+    """
+    for other in RUNS.values():
+        if other.name == spec.name or other.method != spec.method or other.role != spec.role:
+            continue
+        twin_hash = config_hash({**config, "run": other.name})
+        for path in (folder / f"{other.name}_best.pt", folder / f"{other.name}-{twin_hash[:8]}_best.pt"):
+            if not path.is_file():
+                continue
+            try:
+                payload = load_checkpoint(path, map_location=device)
+            except CorruptCheckpointError:
+                continue
+            if payload.get("config_hash") == twin_hash:
+                return other.name, payload
+    return None
+
+
+def _from_twin(spec, recipe, config, wanted, folder, best_path, device, teacher, verbose):
+    """This run's result taken from its identical twin (see ``_twin_checkpoint``), or None."""
+    found = _twin_checkpoint(spec, config, folder, device)
+    if found is None:
+        return None
+    twin_name, twin = found
+    payload = {**twin, "name": spec.name, "config": config, "config_hash": wanted,
+               "same_training_as": twin_name}
+    try:
+        result = _build_result(spec, recipe, payload, best_path, "loaded", device, teacher, wanted)
+    except CorruptCheckpointError:
+        return None
+    _log(f"{spec.name} trains exactly what {twin_name} trained (same network, seed, data and "
+         f"settings: no ImageNet weights in this recipe), so its finished result is reused "
+         f"(test acc {result.test_acc:.4f}) instead of training the same weights again.", verbose)
+    result.path, saved_in = _save_best(payload, folder, best_path.name, recipe)
+    _record_result(saved_in, spec.name, config, payload["metrics"], wanted, result.path)
+    return result
 
 
 def _from_manifest(spec, recipe, wanted, best_path, manifest, load_only, verbose, device, teacher,
@@ -742,8 +792,9 @@ def _train(spec: RunSpec, recipe: Recipe, config: dict, wanted: str, data, folde
                 save_failed.clear()
 
     if state.epoch < epochs:
-        _log(f"training {stem} ({spec.title}; recipe {recipe.name}{', SMOKE' if recipe.smoke else ''}; "
-             f"{epochs} epochs on {device.type}, {precision}).", verbose)
+        start = "ImageNet weights" if config["pretrained"] else "random weights"
+        _log(f"training {stem}: {config['arch']} from {start}, {spec.method}; recipe {recipe.name}"
+             f"{', SMOKE' if recipe.smoke else ''}; {epochs} epochs on {device.type}, {precision}.", verbose)
         state = fit(strategy, train_loader, val_loader, optimizer=optimizer, scheduler=scheduler,
                     epochs=epochs, precision=precision, state=state, scaler=scaler,
                     on_epoch_end=save_last, desc=spec.name, tta_flip=recipe.tta_flip, progress=progress)
@@ -768,19 +819,27 @@ def _train(spec: RunSpec, recipe: Recipe, config: dict, wanted: str, data, folde
             pass
         except OSError:
             pass
-    if saved_in is not None:
-        from .results import record
-
-        try:
-            record(saved_in, spec.name, config, metrics, wanted)
-        except OSError as exc:
-            _warn(f"the result of {spec.name} could not be added to {saved_in / 'results.jsonl'} "
-                  f"({exc.strerror or exc}); the checkpoint {best_path} holds it.")
+    _record_result(saved_in, spec.name, config, metrics, wanted, best_path)
     verb = "resumed and finished" if source == "resumed" else "trained"
     _log(f"{spec.name} {verb}: test acc {test_acc:.4f}{' (SMOKE, not a real result)' if recipe.smoke else ''}; "
          f"saved {best_path}.", verbose)
     return RunResult(spec.name, model, config, state.history, metrics, best_path, source, recipe,
                      teacher, wanted)
+
+
+def _record_result(saved_in: Path | None, name: str, config: dict, metrics: dict, wanted: str,
+                   best_path: Path) -> None:
+    """Append the finished run to its folder's results file; a failure only warns (the
+    checkpoint holds the same facts)."""
+    if saved_in is None:
+        return
+    from .results import record
+
+    try:
+        record(saved_in, name, config, metrics, wanted)
+    except OSError as exc:
+        _warn(f"the result of {name} could not be added to {saved_in / 'results.jsonl'} "
+              f"({exc.strerror or exc}); the checkpoint {best_path} holds it.")
 
 
 def _save_best(payload: dict, folder: Path, filename: str, recipe: Recipe) -> tuple[Path, Path | None]:

@@ -66,3 +66,37 @@ def test_cli_trains_then_loads(tmp_path):
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "(loaded:" in second.stdout and "[kdtp] training" not in second.stdout
+
+
+def test_runs_without_imagenet_weights_are_twins_trained_once(tmp_path, monkeypatch):
+    """In the cpu recipe (no ImageNet weights) "pretrained" and "scratch" runs are the same
+    training: first shown by training both independently, then the kit must reuse one."""
+    kw = dict(recipe="cpu", smoke=True, data_dir=tmp_path / "d", progress=False)
+    apart = train_or_load("student_scratch_baseline", ckpt_dir=tmp_path / "a", **kw)
+    pretrained = train_or_load("student_pretrained_baseline", ckpt_dir=tmp_path / "b", **kw)
+    assert pretrained.source == "trained"
+    for k, v in pretrained.model.state_dict().items():
+        assert torch.equal(v, apart.model.state_dict()[k]), f"{k} differs: not the same training"
+
+    monkeypatch.setattr(ck, "fit", _no_training)
+    scratch = train_or_load("student_scratch_baseline", ckpt_dir=tmp_path / "b", **kw)
+    assert scratch.path == tmp_path / "b" / "smoke" / "cpu" / "student_scratch_baseline_best.pt"
+    assert scratch.config["run"] == "student_scratch_baseline" and scratch.test_acc == apart.test_acc
+    payload = load_checkpoint(scratch.path)
+    assert payload["config_hash"] == scratch.config_hash and payload["name"] == "student_scratch_baseline"
+    assert payload["same_training_as"] == "student_pretrained_baseline"
+    again = train_or_load("student_scratch_baseline", ckpt_dir=tmp_path / "b", **kw)
+    assert again.source == "loaded" and again.path == scratch.path          # its own file now
+    from kdtp.results import latest_by_run, load_results
+    rows = latest_by_run(load_results(scratch.path.parent))
+    assert rows["student_scratch_baseline"]["test_acc"] == scratch.test_acc
+
+
+def test_a_twin_with_other_settings_is_not_reused(tmp_path, monkeypatch):
+    kw = dict(recipe="cpu", smoke=True, ckpt_dir=tmp_path, data_dir=tmp_path / "d", progress=False)
+    train_or_load("student_pretrained_baseline", label_smoothing=0.0, **kw)
+    trained = []
+    real_fit = ck.fit
+    monkeypatch.setattr(ck, "fit", lambda *a, **k: trained.append(1) or real_fit(*a, **k))
+    scratch = train_or_load("student_scratch_baseline", **kw)         # the recipe's own smoothing
+    assert trained and scratch.source == "trained"
