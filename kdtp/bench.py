@@ -71,7 +71,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-class _TimedLoader(DeviceLoader):
+class TimedLoader(DeviceLoader):
     """A ``DeviceLoader`` that notes the clock once ``warmup`` steps are done and again
     after the last step, so validation and set-up inside ``fit`` stay out of the figure."""
 
@@ -112,7 +112,7 @@ def _kdtp_loop(data, batch: int, steps: int, warmup: int, device: torch.device) 
     student = build_network(RUNS["student_scratch_kd_scores"], recipe, device)
     strategy = build_strategy(RUNS["student_scratch_kd_scores"], recipe, student, teacher)
     n = (warmup + steps) * batch
-    train = _TimedLoader(data.train_x[:n], data.train_y[:n], batch, train=True, device=device,
+    train = TimedLoader(data.train_x[:n], data.train_y[:n], batch, train=True, device=device,
                          image_size=recipe.image_size, seed=recipe.seed)
     train.warmup = warmup
     val = DeviceLoader(data.val_x[:batch], data.val_y[:batch], batch, train=False, device=device,
