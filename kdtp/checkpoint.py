@@ -794,7 +794,8 @@ def _train(spec: RunSpec, recipe: Recipe, config: dict, wanted: str, data, folde
     if state.epoch < epochs:
         start = "ImageNet weights" if config["pretrained"] else "random weights"
         _log(f"training {stem}: {config['arch']} from {start}, {spec.method}; recipe {recipe.name}"
-             f"{', SMOKE' if recipe.smoke else ''}; {epochs} epochs on {device.type}, {precision}.", verbose)
+             f"{', SMOKE' if recipe.smoke else ''}; {epochs} epoch{'s' * (epochs != 1)} on {device.type}, "
+             f"{precision}.", verbose)
         state = fit(strategy, train_loader, val_loader, optimizer=optimizer, scheduler=scheduler,
                     epochs=epochs, precision=precision, state=state, scaler=scaler,
                     on_epoch_end=save_last, desc=spec.name, tta_flip=recipe.tta_flip, progress=progress)
