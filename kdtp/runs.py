@@ -55,6 +55,10 @@ def arch_of(spec: RunSpec, recipe: Recipe) -> str:
     return recipe.teacher_arch if spec.role == "teacher" else recipe.student_arch
 
 
+def label_smoothing_of(spec: RunSpec, recipe: Recipe) -> float:
+    return recipe.teacher_label_smoothing if spec.role == "teacher" else recipe.label_smoothing
+
+
 def uses_pretrained(spec: RunSpec, recipe: Recipe) -> bool:
     """ImageNet weights only when the run, the recipe and the architecture all allow it."""
     return spec.pretrained and recipe.pretrained and has_pretrained_weights(arch_of(spec, recipe))
@@ -71,7 +75,7 @@ def run_config(spec: RunSpec, recipe: Recipe, data: CifarData, teacher_hash: str
         "weight_decay": recipe.weight_decay, "momentum": recipe.momentum,
         "batch_size": recipe.batch_size, "epochs": recipe.teacher_epochs if teacher else recipe.epochs,
         "schedule": recipe.schedule, "warmup_fraction": recipe.warmup_fraction,
-        "label_smoothing": recipe.label_smoothing, "seed": recipe.seed,
+        "label_smoothing": label_smoothing_of(spec, recipe), "seed": recipe.seed,
         "data": data.source, "data_sizes": data.sizes(), "smoke": recipe.smoke,
     }
     if spec.method == "kd_logits":
@@ -93,7 +97,7 @@ def build_network(spec: RunSpec, recipe: Recipe, device: torch.device) -> nn.Mod
 
 def build_strategy(spec: RunSpec, recipe: Recipe, model: nn.Module, teacher: nn.Module | None) -> Strategy:
     if spec.method == "baseline":
-        return Strategy(model, recipe.label_smoothing)
+        return Strategy(model, label_smoothing_of(spec, recipe))
     if teacher is None:
         raise ValueError(f"{spec.name} distils from a teacher: pass teacher=")
     if spec.method == "kd_logits":
