@@ -113,7 +113,7 @@ def _kdtp_loop(data, batch: int, steps: int, warmup: int, device: torch.device) 
     strategy = build_strategy(RUNS["student_scratch_kd_scores"], recipe, student, teacher)
     n = (warmup + steps) * batch
     train = TimedLoader(data.train_x[:n], data.train_y[:n], batch, train=True, device=device,
-                         image_size=recipe.image_size, seed=recipe.seed)
+                        image_size=recipe.image_size, seed=recipe.seed)
     train.warmup = warmup
     val = DeviceLoader(data.val_x[:batch], data.val_y[:batch], batch, train=False, device=device,
                        image_size=recipe.image_size)

@@ -32,7 +32,7 @@ from . import __version__
 from .env import checkpoint_root, local_checkpoint_root, pick_device, pick_precision
 from .recipes import Recipe, get_recipe
 from .runs import (RUNS, RunSpec, build_network, build_strategy, get_data, get_run, loaders,
-                   run_config, TEACHER)
+                   run_config, uses_pretrained, TEACHER)
 from .train import FitState, evaluate, fit, make_optimizer, make_scheduler
 
 FORMAT = "kdtp-checkpoint/1"
@@ -550,7 +550,7 @@ def train_or_load(name: str, recipe: str | Recipe | None = None, *, smoke: bool 
     return _train(spec, recipe, config, wanted, data, folder, stem, device, teacher, verbose, progress)
 
 
-def _twin_checkpoint(spec: RunSpec, config: dict, folder: Path,
+def _twin_checkpoint(spec: RunSpec, recipe: Recipe, config: dict, folder: Path,
                      device: torch.device) -> tuple[str, dict] | None:
     """(name, payload) of a finished run whose configuration is ``config`` but for its name.
 
@@ -560,8 +560,9 @@ def _twin_checkpoint(spec: RunSpec, config: dict, folder: Path,
     stored hash matches are taken; anything else is left for its own run to deal with.
     """
     for other in RUNS.values():
-        if other.name == spec.name or other.method != spec.method or other.role != spec.role:
-            continue
+        if (other.name == spec.name or other.method != spec.method or other.role != spec.role
+                or uses_pretrained(other, recipe) != config["pretrained"]):
+            continue   # not the same training: no file needs opening
         twin_hash = config_hash({**config, "run": other.name})
         for path in (folder / f"{other.name}_best.pt", folder / f"{other.name}-{twin_hash[:8]}_best.pt"):
             if not path.is_file():
@@ -577,7 +578,7 @@ def _twin_checkpoint(spec: RunSpec, config: dict, folder: Path,
 
 def _from_twin(spec, recipe, config, wanted, folder, best_path, device, teacher, verbose):
     """This run's result taken from its identical twin (see ``_twin_checkpoint``), or None."""
-    found = _twin_checkpoint(spec, config, folder, device)
+    found = _twin_checkpoint(spec, recipe, config, folder, device)
     if found is None:
         return None
     twin_name, twin = found
