@@ -25,7 +25,7 @@ from kdtp.bench import TimedLoader
 from kdtp.data import DeviceLoader, load_cifar10, write_synthetic_cifar10
 from kdtp.env import pick_device, pick_precision
 from kdtp.recipes import get_recipe
-from kdtp.runs import RUNS, TEACHER, build_network, build_strategy, uses_pretrained
+from kdtp.runs import RUNS, TEACHER, build_network, build_strategy, trains_the_same
 from kdtp.train import evaluate, fit, make_optimizer, make_scheduler
 
 TRAIN, VAL, TEST = 45_000, 5_000, 10_000
@@ -49,13 +49,13 @@ def main(argv=None) -> int:
     teacher = build_network(RUNS[TEACHER], recipe, device).eval()
     total = 0.0
     steps_per_epoch = TRAIN // recipe.batch_size
-    trained: dict[tuple, str] = {}
+    timed: list = []
     for spec in RUNS.values():
-        same = (spec.role, spec.method, uses_pretrained(spec, recipe))
-        if same in trained:
-            print(f"  {spec.name:32s} the same training as {trained[same]}: reused, 0 min")
+        twin = next((t for t in timed if trains_the_same(t, spec, recipe)), None)
+        if twin is not None:
+            print(f"  {spec.name:32s} the same training as {twin.name}: reused, 0 min")
             continue
-        trained[same] = spec.name
+        timed.append(spec)
         model = build_network(spec, recipe, device)
         strategy = build_strategy(spec, recipe, model, teacher if spec.needs_teacher else None)
         train = TimedLoader(data.train_x[:n], data.train_y[:n], recipe.batch_size, train=True,

@@ -32,7 +32,7 @@ from . import __version__
 from .env import checkpoint_root, local_checkpoint_root, pick_device, pick_precision
 from .recipes import Recipe, get_recipe
 from .runs import (RUNS, RunSpec, build_network, build_strategy, get_data, get_run, loaders,
-                   run_config, uses_pretrained, TEACHER)
+                   run_config, trains_the_same, TEACHER)
 from .train import FitState, evaluate, fit, make_optimizer, make_scheduler
 
 FORMAT = "kdtp-checkpoint/1"
@@ -552,16 +552,12 @@ def train_or_load(name: str, recipe: str | Recipe | None = None, *, smoke: bool 
 
 def _twin_checkpoint(spec: RunSpec, recipe: Recipe, config: dict, folder: Path,
                      device: torch.device) -> tuple[str, dict] | None:
-    """(name, payload) of a finished run whose configuration is ``config`` but for its name.
-
-    Where no ImageNet weights are used (the ``cpu`` recipe, smoke mode) a "scratch" run and
-    its "pretrained" namesake build the same network from the same seed and see the same
-    batches: training it twice would give the same weights twice. Only sound files whose
-    stored hash matches are taken; anything else is left for its own run to deal with.
+    """(name, payload) of a finished run whose configuration is ``config`` but for its name
+    (see ``runs.trains_the_same``). Only sound files whose stored hash matches are taken;
+    anything else is left for its own run to deal with.
     """
     for other in RUNS.values():
-        if (other.name == spec.name or other.method != spec.method or other.role != spec.role
-                or uses_pretrained(other, recipe) != config["pretrained"]):
+        if other.name == spec.name or not trains_the_same(other, spec, recipe):
             continue   # not the same training: no file needs opening
         twin_hash = config_hash({**config, "run": other.name})
         for path in (folder / f"{other.name}_best.pt", folder / f"{other.name}-{twin_hash[:8]}_best.pt"):

@@ -64,6 +64,17 @@ def uses_pretrained(spec: RunSpec, recipe: Recipe) -> bool:
     return spec.pretrained and recipe.pretrained and has_pretrained_weights(arch_of(spec, recipe))
 
 
+def trains_the_same(a: RunSpec, b: RunSpec, recipe: Recipe) -> bool:
+    """True when runs ``a`` and ``b`` of ``recipe`` are one training under two names.
+
+    Where the recipe gives no ImageNet weights (``cpu``, smoke mode), a "scratch" run and its
+    "pretrained" namesake build the same network from the same seed and see the same
+    batches: ``train_or_load`` then reuses the finished one instead of training it again.
+    """
+    return (a.role == b.role and a.method == b.method
+            and uses_pretrained(a, recipe) == uses_pretrained(b, recipe))
+
+
 def run_config(spec: RunSpec, recipe: Recipe, data: CifarData, teacher_hash: str | None = None) -> dict:
     """The settings that determine this run's weights (stored in and compared with checkpoints)."""
     teacher = spec.role == "teacher"

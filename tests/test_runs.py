@@ -33,3 +33,12 @@ def test_students_smoothing_never_makes_the_teacher_stale():
 def test_teacher_label_smoothing_out_of_range_is_refused():
     with pytest.raises(ConfigError, match="teacher_label_smoothing"):
         get_recipe("cpu", teacher_label_smoothing=1.0)
+
+
+def test_scratch_and_pretrained_are_one_training_only_without_imagenet_weights():
+    from kdtp.runs import trains_the_same
+    scratch, pretrained = RUNS["student_scratch_baseline"], RUNS["student_pretrained_baseline"]
+    assert trains_the_same(scratch, pretrained, get_recipe("cpu", smoke=False))
+    assert trains_the_same(scratch, pretrained, get_recipe("fast", smoke=True))      # smoke: no weights
+    assert not trains_the_same(scratch, pretrained, get_recipe("fast", smoke=False))  # ImageNet start
+    assert not trains_the_same(scratch, RUNS["student_scratch_kd_scores"], get_recipe("cpu", smoke=False))
