@@ -32,7 +32,7 @@ from . import __version__
 from .env import checkpoint_root, local_checkpoint_root, pick_device, pick_precision
 from .recipes import Recipe, get_recipe
 from .runs import (RUNS, RunSpec, build_network, build_strategy, get_data, get_run, loaders,
-                   run_config, trains_the_same, TEACHER)
+                   run_config, seed_of, trains_the_same, TEACHER)
 from .train import FitState, evaluate, fit, make_optimizer, make_scheduler
 
 FORMAT = "kdtp-checkpoint/1"
@@ -718,7 +718,7 @@ def _train(spec: RunSpec, recipe: Recipe, config: dict, wanted: str, data, folde
            stem: str, device: torch.device, teacher: RunResult | None, verbose: bool,
            progress: bool) -> RunResult:
     precision = pick_precision(device)
-    train_loader, val_loader, test_loader = loaders(data, recipe, device)
+    train_loader, val_loader, test_loader = loaders(data, recipe, device, seed=seed_of(spec, recipe))
     epochs = config["epochs"]
     remove_stale_temps(folder, spec.name)
 

@@ -45,7 +45,10 @@ class Recipe:
     test_subset: int = 0
     synthetic: bool = False       # generated data instead of CIFAR-10
     smoke: bool = False
-    seed: int = 0
+    seed: int = 0                 # the students' seed (init, batch order, augmentation)
+    # the teacher's seed, apart from the students': a sweep over student seeds distils every
+    # seed from the one teacher a class shares, instead of training a teacher per seed
+    teacher_seed: int = 0
 
     def with_overrides(self, **overrides) -> "Recipe":
         return replace(self, **coerce_overrides(overrides))

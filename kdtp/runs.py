@@ -59,6 +59,11 @@ def label_smoothing_of(spec: RunSpec, recipe: Recipe) -> float:
     return recipe.teacher_label_smoothing if spec.role == "teacher" else recipe.label_smoothing
 
 
+def seed_of(spec: RunSpec, recipe: Recipe) -> int:
+    """The teacher trains with ``teacher_seed``, every student with ``seed``."""
+    return recipe.teacher_seed if spec.role == "teacher" else recipe.seed
+
+
 def uses_pretrained(spec: RunSpec, recipe: Recipe) -> bool:
     """ImageNet weights only when the run, the recipe and the architecture all allow it."""
     return spec.pretrained and recipe.pretrained and has_pretrained_weights(arch_of(spec, recipe))
@@ -86,7 +91,7 @@ def run_config(spec: RunSpec, recipe: Recipe, data: CifarData, teacher_hash: str
         "weight_decay": recipe.weight_decay, "momentum": recipe.momentum,
         "batch_size": recipe.batch_size, "epochs": recipe.teacher_epochs if teacher else recipe.epochs,
         "schedule": recipe.schedule, "warmup_fraction": recipe.warmup_fraction,
-        "label_smoothing": label_smoothing_of(spec, recipe), "seed": recipe.seed,
+        "label_smoothing": label_smoothing_of(spec, recipe), "seed": seed_of(spec, recipe),
         "data": data.source, "data_sizes": data.sizes(), "smoke": recipe.smoke,
     }
     if spec.method == "kd_logits":
@@ -100,7 +105,7 @@ def run_config(spec: RunSpec, recipe: Recipe, data: CifarData, teacher_hash: str
 
 def build_network(spec: RunSpec, recipe: Recipe, device: torch.device) -> nn.Module:
     """The run's network, seeded, on ``device`` in channels_last (faster convs, CPU and GPU)."""
-    seed_everything(recipe.seed)
+    seed_everything(seed_of(spec, recipe))
     model = build_model(arch_of(spec, recipe), num_classes=10,
                         pretrained=uses_pretrained(spec, recipe), cifar_stem=recipe.cifar_stem)
     return model.to(device).to(memory_format=torch.channels_last)
@@ -135,9 +140,9 @@ def get_data(recipe: Recipe, data_dir: Path | str | None = None) -> CifarData:
 
 
 def loaders(data: CifarData, recipe: Recipe, device: torch.device,
-            eval_batch: int = 500) -> tuple[DeviceLoader, DeviceLoader, DeviceLoader]:
+            eval_batch: int = 500, seed: int | None = None) -> tuple[DeviceLoader, DeviceLoader, DeviceLoader]:
     """Train (augmented, shuffled), validation and test loaders on ``device``."""
-    kw = dict(device=device, image_size=recipe.image_size, seed=recipe.seed)
+    kw = dict(device=device, image_size=recipe.image_size, seed=recipe.seed if seed is None else seed)
     return (DeviceLoader(data.train_x, data.train_y, recipe.batch_size, train=True, **kw),
             DeviceLoader(data.val_x, data.val_y, eval_batch, train=False, **kw),
             DeviceLoader(data.test_x, data.test_y, eval_batch, train=False, **kw))
