@@ -6,6 +6,7 @@ print one line on stderr and exit with code 2 before anything is written.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -63,12 +64,34 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--train", type=_positive_int, default=10_000)
     d.add_argument("--test", type=_positive_int, default=2_000)
 
+    sw = sub.add_parser("sweep", help="train-or-load runs over several seeds and a grid of settings")
+    sw.add_argument("runs", nargs="*", metavar="RUN",
+                    help="runs to sweep (default: student_pretrained_baseline student_pretrained_kd_logits)")
+    sw.add_argument("--recipe", choices=list(RECIPES))
+    sw.add_argument("--smoke", action="store_true")
+    sw.add_argument("--seeds", type=_positive_int, help="seeds 0..N-1 (default 3)")
+    sw.add_argument("--seed-list", metavar="S1,S2,...", help="these student seeds instead of 0..N-1")
+    sw.add_argument("--grid", action="append", metavar="KEY=V1,V2,...", default=[],
+                    help="a setting to vary (repeat for a product grid)")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help="a fixed recipe setting")
+    sw.add_argument("--ckpt-dir", type=Path)
+    sw.add_argument("--data-dir", type=Path)
+    sw.add_argument("--out", type=Path, metavar="FILE",
+                    help="results file (default: sweep.jsonl in the recipe's checkpoint folder)")
+    sw.add_argument("--plan", action="store_true", help="print one self-contained command per cell, train nothing")
+    sw.add_argument("--slurm", type=Path, metavar="FILE", help="write a SLURM array script of the cells, train nothing")
+    sw.add_argument("--merge", nargs="+", type=Path, metavar="FILE", help="join results files into --out")
+    sw.add_argument("--workers", type=int, help="worker processes (default: one per visible GPU)")
+    sw.add_argument("--cells-json", help=argparse.SUPPRESS)
+
     pub = sub.add_parser("publish", help="write manifest entries for the finished checkpoints")
     pub.add_argument("--recipe", choices=list(RECIPES))
     pub.add_argument("--ckpt-dir", type=Path)
     pub.add_argument("--manifest", type=Path, help="default: KDTP_MANIFEST or kdtp/manifest.json")
     pub.add_argument("--id", action="append", metavar="RUN=DRIVE_ID", default=[],
                      help="Drive file id of a run's uploaded checkpoint")
+    pub.add_argument("--sweep", type=Path, metavar="FILE",
+                     help="publish a sweep's results file (python -m kdtp sweep) into the manifest")
     return p
 
 
@@ -97,6 +120,64 @@ def _train(args) -> int:
                            data_dir=args.data_dir, load_only=args.load_only, **overrides)
     tag = "  [SMOKE: synthetic data, not a real result]" if result.smoke else ""
     print(f"{result.name}: test accuracy {result.test_acc:.4f} ({result.source}: {result.path}){tag}")
+    return 0
+
+
+def _sweep(args) -> int:
+    from . import sweep
+    from .recipes import coerce_overrides, parse_set_args
+
+    if args.merge:
+        if args.out is None:
+            raise ConfigError("--merge needs --out FILE, the merged results file")
+        rows = sweep.merge(args.merge, args.out)
+        print(f"{len(rows)} results merged into {args.out}")
+        print(sweep.summary(rows))
+        return 0
+    sets = coerce_overrides(parse_set_args(args.set))
+    smoke = True if args.smoke or sets.pop("smoke", False) else None
+    if "seed" in sets:
+        raise ConfigError("--set seed=...: use --seed-list (the sweep sets each cell's seed)")
+    if args.cells_json:
+        cells = [sweep.Cell(r, int(s), tuple((k, v) for k, v in kv)) for r, s, kv in json.loads(args.cells_json)]
+        plan = None
+    else:
+        from .runs import get_run
+
+        runs = args.runs or list(sweep.DEFAULT_RUNS)
+        for run in runs:
+            get_run(run)
+        plan = sweep.SweepPlan(runs, sweep.seed_list(args.seeds, args.seed_list), sweep.parse_grid(args.grid))
+        cells = plan.cells()
+    if plan is not None and (args.plan or args.slurm):
+        from .checkpoint import run_folder
+        from .recipes import get_recipe
+
+        recipe = get_recipe(args.recipe, smoke=smoke, **sets)
+        for cell in cells:
+            get_recipe(recipe, **cell.overrides)
+        out = args.out or run_folder(recipe, args.ckpt_dir) / sweep.SWEEP_FILE
+        cmds = sweep.plan_commands(plan, args.recipe or recipe.name, bool(smoke), sets, out,
+                                   args.ckpt_dir, args.data_dir)
+        if args.slurm:
+            args.slurm.write_text(sweep.slurm_script(cmds, out))
+            print(f"SLURM array script for {len(cmds)} cells written to {args.slurm} (sbatch {args.slurm})")
+        else:
+            print("\n".join(cmds))
+            print(f"# then: python -m kdtp sweep --merge {out.with_name(out.stem + '.*' + (out.suffix or '.jsonl'))} "
+                  f"--out {out}", file=sys.stderr)
+        return 0
+    if plan is None:
+        from .checkpoint import run_folder
+        from .recipes import get_recipe
+
+        recipe = get_recipe(args.recipe, smoke=smoke, **sets)
+        out = args.out or run_folder(recipe, args.ckpt_dir) / sweep.SWEEP_FILE
+        sweep.run_cells(cells, recipe, smoke, sets, out, args.ckpt_dir, args.data_dir)
+        return 0
+    rows = sweep.run_sweep(plan, args.recipe, smoke, sets, args.out, args.ckpt_dir, args.data_dir,
+                           workers=args.workers)
+    print(sweep.summary(rows))
     return 0
 
 
@@ -146,8 +227,18 @@ def _check_environment() -> None:
 def _check_args(args) -> None:
     for attr, flag, kw in (("ckpt_dir", "--ckpt-dir", {}), ("data_dir", "--data-dir", {}),
                            ("out", "--out", {}), ("synthetic", "--synthetic", {})):
+        if attr == "out" and args.command == "sweep":
+            continue
         if getattr(args, attr, None) is not None:
             _check_dir_arg(flag, getattr(args, attr), **kw)
+    if args.command == "sweep":
+        for flag, path in (("--out", args.out), ("--slurm", args.slurm)):
+            if path is not None:
+                if path.expanduser().is_dir():
+                    raise ConfigError(f"{flag} {path} is a folder: give the path of a file")
+                _check_dir_arg(flag, path.expanduser().absolute().parent)
+        if args.workers is not None and args.workers < 1:
+            raise ConfigError(f"--workers {args.workers}: give 1 or more")
     if args.command == "publish":
         if args.ckpt_dir is not None:
             _check_dir_arg("--ckpt-dir", args.ckpt_dir, must_exist=True, writable=False)
@@ -185,9 +276,15 @@ def main(argv: list[str] | None = None) -> int:
             from .bench import main as bench_main
 
             return bench_main(steps=args.steps, batch=args.batch, data_dir=args.data_dir, as_json=args.json)
+        if args.command == "sweep":
+            return _sweep(args)
         if args.command == "publish":
             from .publish import publish
 
+            if args.sweep is not None:
+                from .sweep import publish_sweep
+
+                return publish_sweep(args.sweep, args.manifest)
             return publish(recipe=args.recipe, ckpt_dir=args.ckpt_dir, manifest=args.manifest, ids=args.id)
     except ConfigError as exc:
         print(f"python -m kdtp: error: {_one_line(exc)}", file=sys.stderr)

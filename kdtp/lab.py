@@ -113,6 +113,34 @@ def _client_class():
     return EchoClient
 
 
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+_BAR_TEXT = re.compile(r"\d+%\|")
+
+
+def drop_frozen_progress_bars(nb) -> int:
+    """Remove the progress-bar widgets from an executed notebook; returns how many.
+
+    A tqdm bar in a notebook is a live widget. Its saved copy has no live kernel behind it,
+    so JupyterLab and static HTML show the text it had when it was *created*
+    (``0%| | 0/87``), frozen, for every epoch. The epoch lines printed after each bar (loss,
+    accuracy, time) say everything the finished bar said, so the executed copies keep
+    those and drop the bars.
+    """
+    dropped = 0
+    for cell in nb.cells:
+        if cell.get("cell_type") != "code":
+            continue
+        kept = []
+        for out in cell.get("outputs", []):
+            data = out.get("data", {}) if out.get("output_type") in ("display_data", "update_display_data") else {}
+            if _WIDGET_VIEW in data and _BAR_TEXT.search(str(data.get("text/plain", ""))):
+                dropped += 1
+                continue
+            kept.append(out)
+        cell["outputs"] = kept
+    return dropped
+
+
 def _error_summary(exc: BaseException) -> str:
     """The last meaningful line of a cell error (``AssertionError: ...``)."""
     ename = getattr(exc, "ename", type(exc).__name__)
@@ -162,6 +190,7 @@ def run_notebook(path: Path, out_path: Path, *, timeout: int | None = None,
             message += f" (kernel messages: {kernel_log})"
     finally:
         bar.close()
+        drop_frozen_progress_bars(nb)
         nbformat.write(nb, out_path)
         if ok and kernel_log.is_file():
             kernel_log.unlink()

@@ -38,7 +38,10 @@ class Recipe:
     teacher_label_smoothing: float = 0.0
     temperature: float = 4.0
     alpha: float = 0.5            # weight of the hard-label CE in KD
-    feature_weight: float = 1.0   # weight of the feature hint in feature KD
+    feature_weight: float = 1.0   # weight (beta) of the feature hint in feature KD
+    # mean/std the images are normalised with: "cifar10" (its own statistics) or "imagenet"
+    # (the statistics ImageNet-pretrained weights were trained with; the reference lab's)
+    normalization: str = "cifar10"
     tta_flip: bool = False        # average logits with the flipped image at evaluation
     train_subset: int = 0         # 0: all 45,000
     val_subset: int = 0
@@ -59,7 +62,8 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     # The reference lab: 224 px, ImageNet stem, AdamW 1e-3, wd 1e-4, batch 128, 10 epochs.
-    "paper": Recipe(name="paper", image_size=224),
+    # ImageNet mean/std, as the reference lab: its networks start from ImageNet weights.
+    "paper": Recipe(name="paper", image_size=224, normalization="imagenet"),
     # A short Colab session on a T4 (fp16): 32 px with the CIFAR stem keeps the pretrained
     # body but 49x fewer pixels than 224; SGD + one-cycle + label smoothing converge in a
     # few epochs; flip averaging at test time is free accuracy.
@@ -67,8 +71,8 @@ RECIPES: dict[str, Recipe] = {
                    teacher_lr=0.05, weight_decay=5e-4, batch_size=256, epochs=8,
                    teacher_epochs=8, schedule="onecycle", warmup_fraction=0.2,
                    label_smoothing=0.1, teacher_label_smoothing=0.1, temperature=4.0, alpha=0.5,
-                   tta_flip=True),
-    # CPU only: small CNNs (no ImageNet weights), bf16 on AVX512-BF16/AMX CPUs, fp32
+                   tta_flip=True, normalization="imagenet"),
+    # CPU only: small CNNs (no ImageNet weights), bf16 on AMX CPUs (the only ones where it is faster), fp32
     # elsewhere. Epochs sized so the core lab fits 30 minutes on a 2-core CPU *without*
     # bf16 (measured: benchmarks/RESULTS.md); an AMX CPU does it about 3x faster.
     "cpu": Recipe(name="cpu", teacher_arch="cnn_large", student_arch="cnn_small",
@@ -170,6 +174,8 @@ def validate(recipe: Recipe) -> Recipe:
         (0.0 <= recipe.label_smoothing < 1.0 and 0.0 <= recipe.teacher_label_smoothing < 1.0,
          "label_smoothing and teacher_label_smoothing must be in [0, 1)"),
         (recipe.optimizer in ("adamw", "sgd"), "optimizer must be adamw or sgd"),
+        (recipe.normalization in ("cifar10", "imagenet"), "normalization must be cifar10 or imagenet"),
+        (recipe.feature_weight >= 0, "feature_weight must be >= 0"),
         (recipe.schedule in ("constant", "cosine", "onecycle"), "schedule must be constant, cosine or onecycle"),
         (min(recipe.train_subset, recipe.val_subset, recipe.test_subset) >= 0, "subsets must be >= 0"),
     ]

@@ -19,7 +19,8 @@ def record(folder: Path | str, run: str, config: dict, metrics: dict, config_has
     path.parent.mkdir(parents=True, exist_ok=True)
     smoke = bool(config.get("smoke")) or config.get("data") != "cifar10"
     line = {"run": run, "recipe": config.get("recipe"), "data": config.get("data"), "smoke": smoke,
-            "config_hash": config_hash, "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "config_hash": config_hash, "seed": config.get("seed"),
+            "n_test": (config.get("data_sizes") or {}).get("test"), "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **{k: v for k, v in metrics.items()}}
     with open(path, "a") as fh:
         fh.write(json.dumps(line, sort_keys=True) + "\n")
@@ -53,10 +54,13 @@ def format_table(rows: list[dict]) -> str:
     """A plain-text table: run, test accuracy, parameters, training time; smoke rows flagged."""
     if not rows:
         return "(no results yet)"
-    header = f"{'run':34} {'test acc':>8} {'params':>11} {'train s':>8}  note"
+    header = f"{'run':34} {'test acc':>8} {'± SE':>7} {'params':>11} {'train s':>8}  note"
     lines = [header, "-" * len(header)]
     for r in rows:
         note = "SMOKE (synthetic data, not a real result)" if r.get("smoke") else r.get("recipe", "")
-        lines.append(f"{r['run']:34} {r.get('test_acc', float('nan')):8.4f} {r.get('params', 0):11,d} "
+        acc, n = r.get("test_acc", float("nan")), r.get("n_test")
+        # one run on one test set: its binomial standard error (kdtp.stats), when n is known
+        se = f"{(acc * (1 - acc) / n) ** 0.5:7.4f}" if n and 0 <= acc <= 1 else f"{'?':>7}"
+        lines.append(f"{r['run']:34} {acc:8.4f} {se} {r.get('params', 0):11,d} "
                      f"{r.get('train_seconds', 0.0):8.1f}  {note}")
     return "\n".join(lines)

@@ -80,6 +80,13 @@ def trains_the_same(a: RunSpec, b: RunSpec, recipe: Recipe) -> bool:
             and uses_pretrained(a, recipe) == uses_pretrained(b, recipe))
 
 
+# Recipe settings that cannot change a run's weights or reported numbers, each with the
+# reason; every other setting must be in ``run_config`` (tests/test_config_fields.py walks
+# every field of ``Recipe`` and fails on one that is in neither place). Empty today: every
+# setting of a recipe changes some run.
+CANNOT_CHANGE_A_RESULT: dict[str, str] = {}
+
+
 def run_config(spec: RunSpec, recipe: Recipe, data: CifarData, teacher_hash: str | None = None) -> dict:
     """The settings that determine this run's weights (stored in and compared with checkpoints)."""
     teacher = spec.role == "teacher"
@@ -92,9 +99,10 @@ def run_config(spec: RunSpec, recipe: Recipe, data: CifarData, teacher_hash: str
         "batch_size": recipe.batch_size, "epochs": recipe.teacher_epochs if teacher else recipe.epochs,
         "schedule": recipe.schedule, "warmup_fraction": recipe.warmup_fraction,
         "label_smoothing": label_smoothing_of(spec, recipe), "seed": seed_of(spec, recipe),
-        "data": data.source, "data_sizes": data.sizes(), "smoke": recipe.smoke,
+        "data": data.source, "data_sizes": data.sizes(), "data_fingerprint": data.fingerprint(),
+        "normalization": recipe.normalization, "tta_flip": recipe.tta_flip, "smoke": recipe.smoke,
     }
-    if spec.method == "kd_logits":
+    if spec.method in ("kd_logits", "kd_features"):
         cfg.update(temperature=recipe.temperature, alpha=recipe.alpha)
     if spec.method == "kd_features":
         cfg.update(feature_weight=recipe.feature_weight)
@@ -119,7 +127,8 @@ def build_strategy(spec: RunSpec, recipe: Recipe, model: nn.Module, teacher: nn.
     if spec.method == "kd_logits":
         return LogitKD(model, teacher, recipe.temperature, recipe.alpha, recipe.label_smoothing)
     return FeatureKD(model, teacher, recipe.student_arch, recipe.teacher_arch, recipe.image_size,
-                     recipe.feature_weight, recipe.label_smoothing)
+                     recipe.feature_weight, recipe.label_smoothing,
+                     temperature=recipe.temperature, alpha=recipe.alpha)
 
 
 _DATA_CACHE: dict[tuple, CifarData] = {}
@@ -142,7 +151,8 @@ def get_data(recipe: Recipe, data_dir: Path | str | None = None) -> CifarData:
 def loaders(data: CifarData, recipe: Recipe, device: torch.device,
             eval_batch: int = 500, seed: int | None = None) -> tuple[DeviceLoader, DeviceLoader, DeviceLoader]:
     """Train (augmented, shuffled), validation and test loaders on ``device``."""
-    kw = dict(device=device, image_size=recipe.image_size, seed=recipe.seed if seed is None else seed)
+    kw = dict(device=device, image_size=recipe.image_size, seed=recipe.seed if seed is None else seed,
+              normalization=recipe.normalization)
     return (DeviceLoader(data.train_x, data.train_y, recipe.batch_size, train=True, **kw),
             DeviceLoader(data.val_x, data.val_y, eval_batch, train=False, **kw),
             DeviceLoader(data.test_x, data.test_y, eval_batch, train=False, **kw))

@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import DeviceLoader
+from .losses import value_checks_on_accelerators
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -102,6 +103,15 @@ def fit(strategy, train_loader: DeviceLoader, val_loader: DeviceLoader, *,
     device = train_loader.device
     state = state or FitState()
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))
+    # the losses' per-step value checks would sync a GPU every step (kdtp.losses)
+    with value_checks_on_accelerators(device.type == "cpu"):
+        return _fit_epochs(strategy, optimizer, scheduler, train_loader, val_loader, epochs, precision,
+                           state, scaler, on_epoch_end, desc, tta_flip, progress)
+
+
+def _fit_epochs(strategy, optimizer, scheduler, train_loader, val_loader, epochs, precision, state,
+                scaler, on_epoch_end, desc, tta_flip, progress) -> FitState:
+    device = train_loader.device
     student = strategy.student
     for epoch in range(state.epoch, epochs):
         started = time.perf_counter()

@@ -107,3 +107,22 @@ def test_committed_notebooks_are_clean_and_complete(name):
     assert "assert " in text
     teaching = [c for c in nb.cells if c.cell_type == "markdown"]
     assert len(teaching) >= 4, "teaching text between the calls"
+
+
+def test_executed_copies_keep_the_epoch_lines_not_frozen_progress_bars(folders, monkeypatch):
+    """A tqdm widget saved without its kernel shows '0%| | 0/N' forever: the copy drops it."""
+    nb = write_notebook(folders / "bars.ipynb",
+                        "from tqdm.auto import tqdm\n"
+                        "for _ in tqdm(range(40), desc='epoch 1/1', leave=False):\n    pass\n"
+                        "print('run epoch 1/1: loss 1.0000 val acc 0.5000')")
+    out = folders / "out"
+    assert lab.run_lab(smoke=True, recipe="fast", out_dir=out, notebooks=[nb]) == 0
+    executed = nbformat.read(out / "bars.ipynb", as_version=4)
+    texts = json.dumps(executed.cells[1].outputs)
+    assert "val acc 0.5000" in texts, "the epoch line stays"
+    assert "0%|" not in texts and "widget-view" not in texts, texts[:300]
+    # without the clean-up the kernel's widget, frozen at 0%, is what the copy would hold
+    monkeypatch.setattr(lab, "drop_frozen_progress_bars", lambda nb: 0)
+    assert lab.run_lab(smoke=True, recipe="fast", out_dir=out, notebooks=[nb]) == 0
+    raw = nbformat.read(out / "bars.ipynb", as_version=4)
+    assert "0%|" in json.dumps(raw.cells[1].outputs)

@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.collections import PathCollection  # noqa: E402
+from matplotlib.container import ErrorbarContainer  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -130,3 +132,81 @@ def test_forward_cost_counts_on_the_meta_device():
     assert small["feature_shape"] == (2048, 1, 1) and large["feature_shape"] == (2048, 7, 7)
     assert latency.forward_cost("resnet18", 32, cifar_stem=True)["feature_shape"] == (512, 4, 4)
     assert 40 < large["flops"] / small["flops"] < 55  # cost grows with the pixel count (49x)
+
+
+# ----------------------------------------------------------------------------- accuracy bars with errors
+def acc_row(run: str, seed: int, acc: float, n_test: int = 10_000, smoke: bool = False) -> dict:
+    return {"run": run, "seed": seed, "test_acc": acc, "n_test": n_test, "smoke": smoke}
+
+
+def _errorbars(ax):
+    return [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+
+
+def _half_widths(container) -> list[float]:
+    (segments,) = [lc.get_segments() for lc in container.lines[2]]
+    return [float(s[1][1] - s[0][1]) / 2 for s in segments]
+
+
+def test_accuracy_axis_zooms_on_the_differences(monkeypatch):
+    monkeypatch.setenv("KDTP_SMOKE", "0")
+    fig = plots.accuracy_bars([acc_row("student_pretrained_baseline", 0, 0.8283),
+                               acc_row("student_pretrained_kd_logits", 0, 0.8342)])
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    # mean - 3 SE = 0.8283 - 3 * 0.00377 = 0.8170: the axis starts near there, not at 0
+    assert 0.78 < low < 0.8170 and 0.8455 < high <= 1.05
+    assert "not start at 0" in ax.get_ylabel()
+    assert [round(b.get_height(), 4) for b in ax.patches] == [0.8283, 0.8342]
+    assert "SMOKE" not in fig.get_suptitle()
+    full = plots.accuracy_bars([acc_row("a", 0, 0.8283)], from_zero=True).axes[0]
+    assert full.get_ylim()[0] == 0
+
+
+def test_single_runs_get_binomial_error_bars(monkeypatch):
+    monkeypatch.setenv("KDTP_SMOKE", "0")
+    fig = plots.accuracy_bars([acc_row("student_pretrained_baseline", 0, 0.8283),
+                               acc_row("student_pretrained_kd_logits", 0, 0.8342)])
+    ax = fig.axes[0]
+    (bars,) = _errorbars(ax)
+    # sqrt(0.8283 * 0.1717 / 10000) = 0.0037712, sqrt(0.8342 * 0.1658 / 10000) = 0.0037190
+    assert _half_widths(bars) == pytest.approx([0.0037712, 0.0037190], abs=1e-6)
+    assert "binomial" in bars.get_label()
+    assert not [c for c in ax.collections if isinstance(c, PathCollection)]  # one seed: no dots
+
+
+def test_several_seeds_give_a_mean_bar_seed_dots_and_the_se_of_the_mean(monkeypatch):
+    monkeypatch.setenv("KDTP_SMOKE", "0")
+    rows = [acc_row("student_pretrained_baseline", s, a) for s, a in {0: 0.80, 1: 0.82, 2: 0.81}.items()]
+    rows += [acc_row("student_pretrained_kd_logits", s, a) for s, a in {0: 0.83, 1: 0.84, 2: 0.83}.items()]
+    rows.append(acc_row("teacher_resnet50", 0, 0.93))
+    ax = plots.accuracy_bars(rows).axes[0]
+    assert [round(b.get_height(), 4) for b in ax.patches] == [0.81, 0.8333, 0.93]  # one bar per run
+    dots = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert [len(c.get_offsets()) for c in dots] == [3, 3]
+    assert sorted(round(float(y), 2) for y in dots[0].get_offsets()[:, 1]) == [0.80, 0.81, 0.82]
+    by_label = {c.get_label(): c for c in _errorbars(ax)}
+    seeds = next(c for label, c in by_label.items() if "over seeds" in label)
+    single = next(c for label, c in by_label.items() if "binomial" in label)
+    # std 0.01 / sqrt(3) = 0.0057735; std of 0.83, 0.84, 0.83 = 0.0057735 / sqrt(3) = 0.0033333
+    assert _half_widths(seeds) == pytest.approx([0.0057735, 0.0033333], abs=1e-6)
+    assert _half_widths(single) == pytest.approx([(0.93 * 0.07 / 10_000) ** 0.5], abs=1e-7)
+    assert ax.get_ylim()[0] > 0.7
+
+
+def test_run_results_give_seed_and_test_size_from_their_config(monkeypatch):
+    monkeypatch.setenv("KDTP_SMOKE", "0")
+    runs = [SimpleNamespace(name="student_scratch_baseline", test_acc=acc, smoke=False, metrics={"test_acc": acc},
+                            config={"seed": seed, "data_sizes": {"test": 10_000}})
+            for seed, acc in ((0, 0.83), (1, 0.84))]
+    ax = plots.accuracy_bars(runs).axes[0]
+    assert len(ax.patches) == 1 and ax.patches[0].get_height() == pytest.approx(0.835)
+    (bars,) = _errorbars(ax)
+    assert _half_widths(bars) == pytest.approx([0.005])  # std 0.0070711 / sqrt(2)
+
+
+def test_smoke_seeds_still_say_smoke(monkeypatch):
+    monkeypatch.setenv("KDTP_SMOKE", "0")
+    fig = plots.accuracy_bars([acc_row("a", s, 0.3 + 0.01 * s, n_test=100, smoke=True) for s in range(3)])
+    assert "SMOKE" in fig.get_suptitle()
+    assert plots.save(fig, "smoke_seeds").parent.name == "smoke"

@@ -1,8 +1,10 @@
 """Precision per device: the choice, and that reduced precision keeps accuracy.
 
-bf16 autocast is what ``fit`` uses on this kind of CPU (and on Ampere+ GPUs); the kit
-would be fast and wrong if it cost accuracy, so the same small network is trained in fp32
-and bf16 on the synthetic set and the two test accuracies must agree within noise.
+The choice is by speed: bf16 on CPUs with AMX (and on Ampere+ GPUs), fp32 on other CPUs,
+where bf16 runs but slower (AVX512-BF16 without AMX) or emulated (AVX2). The CPU classes
+are faked by monkeypatching the probes, so every branch is tested on any machine.
+bf16 must also keep accuracy: the same small network is trained in fp32 and bf16 on the
+synthetic set and the two test accuracies must agree within noise.
 """
 import pytest
 import torch
@@ -12,6 +14,19 @@ from kdtp.data import DeviceLoader, load_cifar10, write_synthetic_cifar10
 from kdtp.distillers import Strategy
 from kdtp.models import build_model
 from kdtp.train import autocast, evaluate, fit, make_optimizer, make_scheduler
+
+
+@pytest.fixture(autouse=True)
+def _auto_precision(monkeypatch):
+    """Every test starts from the automatic choice, whatever the shell exported."""
+    monkeypatch.delenv("KDTP_PRECISION", raising=False)
+
+
+def _fake_cpu(monkeypatch, *, amx: bool, onednn_bf16: bool):
+    """Pretend to be a CPU class: AMX probe and oneDNN's "bf16 supported" flag."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn_bf16,
+                        raising=False)
 
 
 @pytest.mark.parametrize("capability, expected", [((7, 5), "fp16"), ((7, 0), "fp16"),
@@ -25,6 +40,90 @@ def test_pick_precision_on_gpus(monkeypatch, capability, expected):
 def test_pick_precision_cpu_and_other():
     assert env.pick_precision(torch.device("cpu")) in ("bf16", "fp32")
     assert env.pick_precision(torch.device("meta")) == "fp32"
+
+
+def test_amx_cpu_gets_bf16(monkeypatch):
+    """AMX is what makes bf16 fast (about 3x); the choice follows it, not oneDNN's flag."""
+    _fake_cpu(monkeypatch, amx=True, onednn_bf16=False)
+    assert env.pick_precision(torch.device("cpu")) == "bf16"
+
+
+def test_avx512_bf16_without_amx_gets_fp32(monkeypatch):
+    """oneDNN supports bf16 here, but it is slower than fp32 (KD step 27 vs 33 img/s)."""
+    _fake_cpu(monkeypatch, amx=False, onednn_bf16=True)
+    assert env.pick_precision(torch.device("cpu")) == "fp32"
+
+
+def test_avx2_only_cpu_gets_fp32(monkeypatch):
+    """bf16 is emulated on AVX2 (about 10x slower). A guard: the old choice was fp32 too."""
+    _fake_cpu(monkeypatch, amx=False, onednn_bf16=False)
+    assert env.pick_precision(torch.device("cpu")) == "fp32"
+
+
+@pytest.mark.parametrize("flags, onednn_bf16, expected", [
+    ("fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", False, "bf16"),
+    ("fpu sse avx2 avx512f avx512_bf16 avx512_vnni", True, "fp32"),
+    ("fpu sse avx2 fma", False, "fp32"),  # a guard: the old choice was fp32 here too
+])
+def test_cpuinfo_fallback_without_the_private_probe(monkeypatch, tmp_path, flags, onednn_bf16,
+                                                    expected):
+    """torch < 2.3 has no torch.cpu._is_amx_tile_supported: read /proc/cpuinfo's flags."""
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn_bf16,
+                        raising=False)
+    monkeypatch.setattr(env.sys, "platform", "linux")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: fake\nflags\t\t: {flags}\n\n")
+    monkeypatch.setattr(env, "CPUINFO", cpuinfo)
+    assert env.pick_precision(torch.device("cpu")) == expected
+
+
+def test_broken_private_probe_falls_back_to_cpuinfo(monkeypatch, tmp_path):
+    def broken():
+        raise RuntimeError("cpuinfo failed to initialise")
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", broken, raising=False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(env.sys, "platform", "linux")
+    monkeypatch.setattr(env, "CPUINFO", tmp_path / "missing")
+    assert env.pick_precision(torch.device("cpu")) == "fp32"
+
+
+@pytest.mark.parametrize("value, amx, onednn_bf16, expected", [
+    ("fp32", True, True, "fp32"), ("bf16", False, False, "bf16"), (" BF16 ", False, False, "bf16"),
+    ("auto", True, False, "bf16"), ("auto", False, True, "fp32"),
+])
+def test_kdtp_precision_forces_cpu_choice(monkeypatch, value, amx, onednn_bf16, expected):
+    """A forced value wins over the probes; ``auto`` is the automatic choice."""
+    _fake_cpu(monkeypatch, amx=amx, onednn_bf16=onednn_bf16)
+    monkeypatch.setenv("KDTP_PRECISION", value)
+    assert env.pick_precision(torch.device("cpu")) == expected
+
+
+@pytest.mark.parametrize("value, capability, expected", [
+    ("fp16", (8, 0), "fp16"), ("fp32", (8, 0), "fp32"), ("bf16", (7, 5), "bf16")])
+def test_kdtp_precision_forces_gpu_choice(monkeypatch, value, capability, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setenv("KDTP_PRECISION", value)
+    assert env.pick_precision(torch.device("cuda")) == expected
+
+
+@pytest.mark.parametrize("value", ["int8", "float32", "bfloat16", "fp64"])
+def test_invalid_kdtp_precision_names_the_valid_values(monkeypatch, value):
+    monkeypatch.setenv("KDTP_PRECISION", value)
+    with pytest.raises(env.ConfigError) as info:
+        env.pick_precision(torch.device("cpu"))
+    message = str(info.value)
+    assert "\n" not in message and "KDTP_PRECISION" in message and repr(value) in message
+    for valid in ("fp32", "bf16", "fp16", "auto"):
+        assert valid in message
+
+
+def test_fp16_is_refused_on_cpu_with_the_reason(monkeypatch):
+    monkeypatch.setenv("KDTP_PRECISION", "fp16")
+    with pytest.raises(env.ConfigError, match="needs a CUDA GPU") as info:
+        env.pick_precision(torch.device("cpu"))
+    assert "bf16" in str(info.value) and "fp32" in str(info.value)
 
 
 def test_autocast_rejects_unknown_precision():

@@ -8,7 +8,8 @@ from kdtp.models import build_model
 from kdtp.recipes import get_recipe
 from kdtp.runs import RUNS, TEACHER, build_strategy, run_config
 
-DATA = SimpleNamespace(source="synthetic", sizes=lambda: {"train": 1, "val": 1, "test": 1})
+DATA = SimpleNamespace(source="synthetic", sizes=lambda: {"train": 1, "val": 1, "test": 1},
+                       fingerprint=lambda: "data-fingerprint")
 STUDENT = "student_pretrained_kd_logits"
 
 

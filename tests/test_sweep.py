@@ -1,0 +1,127 @@
+"""The sweep: cells are train-or-load (a second sweep trains nothing), rows are tidy and
+deduplicated, plans are self-contained commands, bad input is refused before training."""
+import json
+import shlex
+
+import pytest
+
+from kdtp import checkpoint, sweep
+from kdtp.cli import main
+from kdtp.env import ConfigError
+
+TINY = {"student_arch": "cnn_tiny", "teacher_arch": "cnn_tiny", "train_subset": 256,
+        "val_subset": 64, "test_subset": 64}
+
+
+def test_cells_are_the_product_of_runs_seeds_and_grid():
+    plan = sweep.SweepPlan(["a", "b"], [0, 1], {"temperature": [2.0, 4.0]})
+    cells = plan.cells()
+    assert len(cells) == 8 and len(set(cells)) == 8
+    assert cells[0].overrides == {"temperature": 2.0, "seed": 0}
+    assert sweep.SweepPlan(["a"], [0, 1, 2]).cells()[2] == sweep.Cell("a", 2)
+
+
+def test_grid_and_seed_input_is_checked_before_anything_trains():
+    assert sweep.parse_grid(["temperature=2,4", "alpha=0.1"]) == {"temperature": [2.0, 4.0], "alpha": [0.1]}
+    for bad in (["temperature"], ["temperature="], ["nonsense=1,2"], ["alpha=high"], ["seed=1,2"]):
+        with pytest.raises(ConfigError):
+            sweep.parse_grid(bad)
+    assert sweep.seed_list(None, None) == [0, 1, 2]
+    assert sweep.seed_list(2, "5,7") == [5, 7]
+    for bad in ("a,b", "1,1", ","):
+        with pytest.raises(ConfigError):
+            sweep.seed_list(None, bad)
+
+
+def test_sweep_trains_each_cell_once_then_only_loads(tmp_path, monkeypatch):
+    out = tmp_path / "sweep.jsonl"
+    plan = sweep.SweepPlan(["student_pretrained_baseline", "student_pretrained_kd_logits"], [0, 1])
+    kw = dict(recipe="fast", smoke=True, sets=TINY, out=out, ckpt_dir=tmp_path / "ck",
+              data_dir=tmp_path / "data", workers=1, verbose=False, progress=False)
+    rows = sweep.run_sweep(plan, **kw)
+    assert [(r["run"], r["seed"]) for r in rows] == [(c.run, c.seed) for c in plan.cells()]
+    assert all(r["source"] == "trained" and r["smoke"] for r in rows)
+    assert {r["config"]["seed"] for r in rows} == {0, 1}
+    assert len({r["config_hash"] for r in rows}) == 4
+    # both KD students learnt from one teacher (the teacher's seed is not the students')
+    assert len({r["config"]["teacher_config"] for r in rows if r["run"].endswith("kd_logits")}) == 1
+    row = rows[0]
+    assert {"device", "precision", "n_test", "val_acc", "test_acc", "config", "recipe"} <= set(row)
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished cell was trained again")
+    monkeypatch.setattr(checkpoint, "_train", no_training)
+    again = sweep.run_sweep(plan, **kw)
+    assert all(r["source"] == "loaded" for r in again)
+    assert [r["test_acc"] for r in again] == [r["test_acc"] for r in rows]
+    assert len(out.read_text().splitlines()) == 8          # appended ...
+    assert len(sweep.read_rows(out)) == 4                   # ... read once per run and configuration
+    assert "SMOKE" in sweep.summary(sweep.read_rows(out))
+
+
+def test_plan_prints_one_self_contained_command_per_cell(tmp_path, capsys):
+    out = tmp_path / "s.jsonl"
+    assert main(["sweep", "student_pretrained_baseline", "--recipe", "cpu", "--seeds", "2",
+                 "--grid", "label_smoothing=0,0.1", "--out", str(out), "--plan",
+                 "--data-dir", str(tmp_path / "d"), "--ckpt-dir", str(tmp_path / "c")]) == 0
+    cmds = capsys.readouterr().out.strip().splitlines()
+    assert len(cmds) == 4 and len(set(cmds)) == 4
+    for cmd in cmds:
+        argv = shlex.split(cmd)
+        assert argv[:4] == ["python", "-m", "kdtp", "sweep"]
+        assert {"--recipe", "--seed-list", "--out", "--ckpt-dir", "--data-dir"} <= set(argv)
+    assert not (tmp_path / "c").exists(), "--plan trains and writes nothing"
+    script = tmp_path / "array.sh"
+    assert main(["sweep", "--recipe", "cpu", "--slurm", str(script), "--out", str(out)]) == 0
+    text = script.read_text()
+    assert "#SBATCH --array=0-5" in text and text.count("python -m kdtp sweep") == 7   # 6 cells + merge
+
+
+def test_merge_joins_files_and_keeps_one_row_per_configuration(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    row = {"run": "r", "config_hash": "h1", "seed": 0, "test_acc": 0.5}
+    sweep.append_row(a, row)
+    sweep.append_row(b, {**row, "test_acc": 0.6})
+    sweep.append_row(b, {"run": "r", "config_hash": "h2", "seed": 1, "test_acc": 0.7})
+    with open(b, "a") as fh:
+        fh.write('{"run": "torn')                              # a crash mid-line
+    rows = sweep.merge([a, b], tmp_path / "all.jsonl")
+    assert sorted(r["config_hash"] for r in rows) == ["h1", "h2"]
+    assert len(sweep.read_rows(tmp_path / "all.jsonl")) == 2
+    with pytest.raises(ConfigError, match="does not exist"):
+        sweep.read_rows(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize("argv", [
+    ["sweep", "no_such_run"],
+    ["sweep", "--grid", "temperature"],
+    ["sweep", "--seed-list", "x"],
+    ["sweep", "--set", "seed=3"],
+    ["sweep", "--merge", "nothere.jsonl"],
+    ["sweep", "--workers", "0"],
+])
+def test_bad_sweep_arguments_exit_2_in_one_line(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KDTP_CKPT_DIR", raising=False)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "error" in err
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_real_sweep_is_published_into_the_manifest_and_a_smoke_one_refused(tmp_path, capsys):
+    results, manifest = tmp_path / "sweep.jsonl", tmp_path / "manifest.json"
+    for seed, acc in enumerate((0.83, 0.84, 0.82)):
+        sweep.append_row(results, {"run": "student_pretrained_baseline", "seed": seed, "recipe": "cpu",
+                                   "test_acc": acc, "n_test": 10000, "config_hash": f"h{seed}",
+                                   "smoke": False, "config": {"big": "x" * 100}})
+    assert main(["publish", "--sweep", str(results), "--manifest", str(manifest)]) == 0
+    rows = sweep.published_rows("cpu", manifest)
+    assert sorted(r["test_acc"] for r in rows) == [0.82, 0.83, 0.84]
+    assert "config" not in rows[0] and json.loads(manifest.read_text())["checkpoints"] == {}
+    assert sweep.published_rows("fast", manifest) == []
+    smoke = tmp_path / "smoke.jsonl"
+    sweep.append_row(smoke, {"run": "r", "config_hash": "s", "test_acc": 0.3, "smoke": True})
+    before = manifest.read_text()
+    assert main(["publish", "--sweep", str(smoke), "--manifest", str(manifest)]) == 2
+    assert "smoke" in capsys.readouterr().err and manifest.read_text() == before
