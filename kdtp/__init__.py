@@ -15,6 +15,7 @@ from .losses import FeatureLoss, KDLoss  # noqa: E402
 from .models import build_model, count_parameters  # noqa: E402
 from .recipes import RECIPES, get_recipe  # noqa: E402
 from .runs import RUNS  # noqa: E402
+from . import check  # noqa: E402  (kdtp.check.kd_loss(my_kd_loss) in the exercises)
 
 __all__ = ["RunResult", "train_or_load", "CLASSES", "load_cifar10", "banner", "mount_drive",
            "pick_device", "smoke_mode", "FeatureLoss", "KDLoss", "build_model",

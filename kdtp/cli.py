@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--workers", type=int, help="worker processes (default: one per visible GPU)")
     sw.add_argument("--cells-json", help=argparse.SUPPRESS)
 
+    sc = sub.add_parser("student-copy", help="write the students' notebooks (solutions removed)")
+    sc.add_argument("dir", type=Path, nargs="?", metavar="DIR",
+                    help="where to write them (default: notebooks/student of this checkout)")
+
     pub = sub.add_parser("publish", help="write manifest entries for the finished checkpoints")
     pub.add_argument("--recipe", choices=list(RECIPES))
     pub.add_argument("--ckpt-dir", type=Path)
@@ -226,7 +230,8 @@ def _check_environment() -> None:
 
 def _check_args(args) -> None:
     for attr, flag, kw in (("ckpt_dir", "--ckpt-dir", {}), ("data_dir", "--data-dir", {}),
-                           ("out", "--out", {}), ("synthetic", "--synthetic", {})):
+                           ("out", "--out", {}), ("synthetic", "--synthetic", {}),
+                           ("dir", "DIR", {})):
         if attr == "out" and args.command == "sweep":
             continue
         if getattr(args, attr, None) is not None:
@@ -278,6 +283,18 @@ def main(argv: list[str] | None = None) -> int:
             return bench_main(steps=args.steps, batch=args.batch, data_dir=args.data_dir, as_json=args.json)
         if args.command == "sweep":
             return _sweep(args)
+        if args.command == "student-copy":
+            from .env import project_root
+            from .student_copy import STUDENT_DIR, write_student_copies
+
+            src = project_root() / "notebooks"
+            dest = args.dir if args.dir is not None else src / STUDENT_DIR
+            written = write_student_copies(src, dest)
+            for path in written:
+                print(f"student version: {path}")
+            print(f"{len(written)} notebook(s) with exercises written to {dest} (solutions replaced by "
+                  "TODOs, outputs cleared); the others are the same for students and instructors")
+            return 0
         if args.command == "publish":
             from .publish import publish
 
