@@ -30,6 +30,8 @@ from torch import nn
 
 from . import __version__
 from .env import checkpoint_root, local_checkpoint_root, pick_device, pick_precision
+from .lock import describe_holder, live_holder
+from .lock import hold as hold_run_lock
 from .recipes import Recipe, get_recipe
 from .runs import (RUNS, RunSpec, build_network, build_strategy, get_data, get_run, loaders,
                    run_config, seed_of, trains_the_same, TEACHER)
@@ -541,13 +543,26 @@ def train_or_load(name: str, recipe: str | Recipe | None = None, *, smoke: bool 
         return published
 
     if load_only:
+        holder = live_holder(folder, stem)
+        if holder is not None:
+            raise CheckpointError(f"{name} is being trained right now by {describe_holder(holder)} in "
+                                  f"{folder}: run this again when it has finished, and it will load.")
         why = f" ({'; '.join(notes)})" if notes else ""
         raise CheckpointError(f"no checkpoint for {name} with these settings in {folder}{why} and none "
                               "published: run without load_only to train it, or ask for the "
                               "instructor's checkpoints (manifest).")
 
-    # 4. train, resuming an unfinished run if there is one
-    return _train(spec, recipe, config, wanted, data, folder, stem, device, teacher, verbose, progress)
+    # 4. train, resuming an unfinished run if there is one. One process per run: another one
+    # training it (a second notebook, a second Colab runtime on the same Drive) is waited for.
+    with hold_run_lock(folder, stem, log=lambda msg: _log(msg, verbose)) as waited:
+        if waited:
+            stem, payload, _ = _find_best(name, folder, config, wanted, False, verbose, device)
+            if payload is not None:
+                best_path = folder / f"{stem}_best.pt"
+                _log(f"loaded {best_path}, which the other process finished (test acc "
+                     f"{payload['metrics'].get('test_acc', float('nan')):.4f}); no training needed.", verbose)
+                return _build_result(spec, recipe, payload, best_path, "loaded", device, teacher, wanted)
+        return _train(spec, recipe, config, wanted, data, folder, stem, device, teacher, verbose, progress)
 
 
 def _twin_checkpoint(spec: RunSpec, recipe: Recipe, config: dict, folder: Path,

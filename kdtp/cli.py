@@ -221,7 +221,11 @@ def _check_environment() -> None:
     smoke_mode()
     for var in ("KDTP_CKPT_DIR", "KDTP_DATA_DIR", "KDTP_FIGURES_DIR"):
         _dir_from_env(var)
-    pick_device()
+    from .env import pick_precision
+    from .lock import stale_after
+
+    pick_precision(pick_device())
+    stale_after()
     default_recipe_name()
     if os.environ.get("KDTP_MANIFEST", "").strip() and default_manifest_path().is_dir():
         raise ConfigError(f"KDTP_MANIFEST={os.environ['KDTP_MANIFEST']!r} is a folder: point it at "

@@ -48,6 +48,8 @@ CASES = [
     (["train", RUN], {"KDTP_RECIPE": "turbo"}, "KDTP_RECIPE='turbo' is unknown"),
     (["train", RUN], {"KDTP_DEVICE": "tpu"}, "device 'tpu' is unknown"),
     (["train", RUN], {"KDTP_MANIFEST": "{dir}"}, "KDTP_MANIFEST="),
+    (["train", RUN], {"KDTP_PRECISION": "fp8"}, "KDTP_PRECISION"),
+    (["train", RUN], {"KDTP_LOCK_STALE_S": "soon"}, "KDTP_LOCK_STALE_S"),
     (["data"], {}, "required: --synthetic"),
     (["data", "--synthetic", "{file}"], {}, "--synthetic {file} is a file"),
     (["data", "--synthetic", "{dir}", "--train", "-5"], {}, "'-5' must be >= 1"),

@@ -23,6 +23,7 @@ import kdtp.checkpoint as ck
 from kdtp.checkpoint import load_checkpoint, train_or_load
 from kdtp.recipes import get_recipe
 from kdtp.runs import get_data
+from throttled import THROTTLED
 
 TINY = dict(recipe="cpu", smoke=True, progress=False, train_subset=128, val_subset=64,
             test_subset=64, teacher_arch="cnn_tiny", student_arch="cnn_tiny", teacher_epochs=1)
@@ -30,19 +31,6 @@ TINY = dict(recipe="cpu", smoke=True, progress=False, train_subset=128, val_subs
 
 KILLS = 5   # 1 right after an epoch was saved + 4 at random moments (each costs a ~5 s start)
 STEP_SLEEP = 0.25
-THROTTLED = """
-import sys, time
-import kdtp.data as data
-plain_iter = data.DeviceLoader.__iter__
-def throttled(self):
-    for batch in plain_iter(self):
-        if self.train:
-            time.sleep({0})
-        yield batch
-data.DeviceLoader.__iter__ = throttled
-from kdtp.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 class Crash(Exception):
@@ -114,7 +102,8 @@ def _load_everything(folder: Path) -> dict[str, dict]:
     for p in sorted(folder.rglob("*.pt")):
         out[p.name] = load_checkpoint(p)        # raises on a torn file
     for p in folder.rglob("*"):
-        if p.is_file() and not p.name.endswith((".pt", ".jsonl")):
+        # a killed run's lock stays until the next run takes it over (kdtp.lock)
+        if p.is_file() and not p.name.endswith((".pt", ".jsonl", ".lock")):
             assert p.name.startswith(".") and p.name.endswith(".tmp"), f"unexpected file {p}"
     return out
 
@@ -190,6 +179,7 @@ def test_kill_at_random_moments_then_resume(tmp_path):
     assert "(resumed:" in final.stdout
     on_disk = _load_everything(folder)
     assert set(on_disk) == {f"{run}_best.pt"}
+    assert not list(folder.glob("*.lock")), "the run that finished released the lock"
     best = on_disk[f"{run}_best.pt"]
     print(f"{kills} kills at {moments}; epochs on disk after each: {epochs_on_disk[1:]}; "
           f"{resumed_seen} killed runs had resumed; temp files left: "
