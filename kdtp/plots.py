@@ -433,7 +433,7 @@ def own_run_among_class(own: Any, class_rows: Sequence[Mapping[str, Any]], smoke
     values = []
     star_labelled = dot_labelled = False
     for i, name in enumerate(names):
-        vals = list(groups[name].values())
+        vals = [float(row[key]) for row in groups[name].values()]
         values += vals
         summary = stats.summarize(vals)
         if summary.std is not None:

@@ -210,3 +210,21 @@ def test_smoke_seeds_still_say_smoke(monkeypatch):
     fig = plots.accuracy_bars([acc_row("a", s, 0.3 + 0.01 * s, n_test=100, smoke=True) for s in range(3)])
     assert "SMOKE" in fig.get_suptitle()
     assert plots.save(fig, "smoke_seeds").parent.name == "smoke"
+
+
+def test_own_run_is_drawn_among_the_class_seeds_on_a_zoomed_axis(monkeypatch):
+    monkeypatch.setenv("KDTP_SMOKE", "0")
+    class_rows = [{"run": run, "seed": s, "test_acc": acc, "n_test": 10000}
+                  for run, accs in (("student_pretrained_baseline", (0.828, 0.825, 0.830)),
+                                    ("student_pretrained_kd_logits", (0.834, 0.836, 0.833)))
+                  for s, acc in enumerate(accs)]
+    own = [{"run": "student_pretrained_kd_logits", "seed": 7, "test_acc": 0.8355, "n_test": 10000}]
+    fig = plots.own_run_among_class(own, class_rows)
+    ax = fig.axes[0]
+    sizes = [len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection)]
+    assert sizes.count(3) == 2 and 1 in sizes          # each run's seeds, and the student's star
+    assert ax.get_ylim()[0] > 0.8                        # zoomed: the differences show
+    assert "your run" in [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
+    with pytest.raises(ValueError, match="no published sweep"):
+        plots.own_run_among_class(own, [])
