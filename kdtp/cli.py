@@ -33,7 +33,7 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .recipes import RECIPES
-    from .runs import RUNS
+    from .runs import REGISTRY as RUNS
 
     p = _Parser(prog="python -m kdtp", description="Knowledge Distillation course kit")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help="any recipe setting")
     t.add_argument("--load-only", action="store_true", help="fail instead of training")
 
-    lab = sub.add_parser("lab", help="run every notebook in order, headless")
+    lab = sub.add_parser("lab", help="run every notebook in order, headless (the whole course)")
     lab.add_argument("--smoke", action="store_true")
+    lab.add_argument("--core", action="store_true", help="the core lab only (00-06), not 07 onwards")
     lab.add_argument("--recipe", choices=list(RECIPES))
     lab.add_argument("--out", type=Path, help="folder for the executed notebooks (default ./lab-output)")
 
@@ -117,7 +118,7 @@ def _train_settings(args) -> tuple[bool | None, dict]:
 
 
 def _train(args) -> int:
-    from .checkpoint import train_or_load
+    from .runner import train_or_load
 
     smoke, overrides = _train_settings(args)
     result = train_or_load(args.name, args.recipe, smoke=smoke, ckpt_dir=args.ckpt_dir,
@@ -154,7 +155,7 @@ def _sweep(args) -> int:
         plan = sweep.SweepPlan(runs, sweep.seed_list(args.seeds, args.seed_list), sweep.parse_grid(args.grid))
         cells = plan.cells()
     if plan is not None and (args.plan or args.slurm):
-        from .checkpoint import run_folder
+        from .store import run_folder
         from .recipes import get_recipe
 
         recipe = get_recipe(args.recipe, smoke=smoke, **sets)
@@ -172,7 +173,7 @@ def _sweep(args) -> int:
                   f"--out {out}", file=sys.stderr)
         return 0
     if plan is None:
-        from .checkpoint import run_folder
+        from .store import run_folder
         from .recipes import get_recipe
 
         recipe = get_recipe(args.recipe, smoke=smoke, **sets)
@@ -214,7 +215,7 @@ def _check_dir_arg(flag: str, path: Path | None, *, must_exist: bool = False,
 
 def _check_environment() -> None:
     """Every KDTP_* variable is read once here, so a typo fails fast with exit 2."""
-    from .checkpoint import default_manifest_path
+    from .published import default_manifest_path
     from .env import _dir_from_env, pick_device, smoke_mode
     from .recipes import default_recipe_name
 
@@ -261,7 +262,7 @@ def _check_args(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .checkpoint import CheckpointError
+    from .store import CheckpointError
     from .data import DataNotFoundError
     from .models import WeightsUnavailableError
 
@@ -280,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "lab":
             from .lab import run_lab
 
-            return run_lab(smoke=True if args.smoke else None, recipe=args.recipe, out_dir=args.out)
+            return run_lab(smoke=True if args.smoke else None, recipe=args.recipe, out_dir=args.out,
+                           core_only=args.core)
         if args.command == "bench":
             from .bench import main as bench_main
 

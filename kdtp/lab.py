@@ -30,10 +30,15 @@ def notebooks_dir() -> Path:
     return project_root() / "notebooks"
 
 
-def lab_notebooks(folder: Path | None = None) -> list[Path]:
-    """The numbered notebooks (``00_data.ipynb`` ...) of ``folder``, in order."""
+CORE_LAST = 6   # 00_data .. 06_comparison: the reference lab; 07 onwards: the chapter's other methods
+
+
+def lab_notebooks(folder: Path | None = None, core_only: bool = False) -> list[Path]:
+    """The numbered notebooks (``00_data.ipynb`` ...) of ``folder``, in order; with
+    ``core_only``, the core lab (00-06) alone."""
     folder = folder or notebooks_dir()
-    return sorted(folder.glob(NOTEBOOK_PATTERN))
+    paths = sorted(folder.glob(NOTEBOOK_PATTERN))
+    return [p for p in paths if int(p.name[:2]) <= CORE_LAST] if core_only else paths
 
 
 def real_data_available(data_dir: Path | None = None) -> tuple[bool, str]:
@@ -202,7 +207,7 @@ def run_notebook(path: Path, out_path: Path, *, timeout: int | None = None,
 
 def comparison_text(recipe_name: str, smoke: bool) -> str:
     """The results table of the lab's run folder (latest line per run), smoke-labelled."""
-    from .checkpoint import run_folder
+    from .store import run_folder
     from .recipes import get_recipe
     from .results import RESULTS_FILE, format_table, latest_by_run, load_results
 
@@ -217,13 +222,14 @@ def comparison_text(recipe_name: str, smoke: bool) -> str:
 
 def run_lab(smoke: bool | None = None, recipe: str | None = None, out_dir: Path | None = None,
             *, notebooks: Sequence[Path] | None = None, timeout: int | None = None,
-            kernel_name: str = "python3") -> int:
+            kernel_name: str = "python3", core_only: bool = False) -> int:
     """Run the lab's notebooks in order; 0 when all ran, 1 when one failed (or cannot start).
 
     ``smoke``: True forces smoke mode; None follows ``KDTP_SMOKE``, and falls back to smoke
     (saying so) when real CIFAR-10 is neither on disk nor downloadable. ``recipe``:
     default as in the notebooks (``fast`` with a GPU, ``cpu`` without). ``out_dir``: where
     the executed notebooks go (default ``lab-output/``, ``lab-output/smoke/`` for smoke).
+    ``core_only``: the core lab (00-06) without the chapter's later notebooks.
     """
     from .recipes import default_recipe_name, get_recipe
 
@@ -251,7 +257,7 @@ def run_lab(smoke: bool | None = None, recipe: str | None = None, out_dir: Path 
                   "the weight files as described and run again.", file=sys.stderr)
             return 1
 
-    paths = [Path(p) for p in notebooks] if notebooks is not None else lab_notebooks()
+    paths = [Path(p) for p in notebooks] if notebooks is not None else lab_notebooks(core_only=core_only)
     if not paths:
         print(f"no notebooks found in {notebooks_dir()}: the lab runs from a checkout of the kit "
               "(git clone ...; pip install -e '.[lab]').", file=sys.stderr)
@@ -260,7 +266,7 @@ def run_lab(smoke: bool | None = None, recipe: str | None = None, out_dir: Path 
     if timeout is None and smoke:
         timeout = SMOKE_CELL_TIMEOUT
 
-    from .checkpoint import run_folder
+    from .store import run_folder
     from .env import figures_root
 
     mode = "SMOKE (synthetic data, tiny runs; not real results)" if smoke else "real"

@@ -13,12 +13,12 @@ import re
 import sys
 from pathlib import Path
 
-from .checkpoint import (MANIFEST_FORMAT, CheckpointError, CorruptCheckpointError, atomic_write,
-                         config_hash, default_manifest_path, load_checkpoint, load_manifest,
-                         manifest_key, run_folder, sha256_file)
+from .published import MANIFEST_FORMAT, default_manifest_path, load_manifest, manifest_key
+from .store import (CheckpointError, CorruptCheckpointError, atomic_write, config_hash, load_checkpoint,
+                    run_folder, sha256_file)
 from .env import ConfigError, checkpoint_root
 from .recipes import RECIPES, smoke_version
-from .runs import RUNS
+from .runs import REGISTRY
 
 _DRIVE_ID = re.compile(r"[A-Za-z0-9_-]{10,}")
 
@@ -44,8 +44,8 @@ def _parse_ids(ids: list[str] | None, recipes: list[str]) -> dict[tuple[str | No
             raise ConfigError(f"--id expects RUN=DRIVE_ID, got {item!r} "
                               "(e.g. --id teacher_resnet50=1AbCdEfGhIjKlMnOp)")
         recipe, _, run = key.rpartition("/")
-        if run not in RUNS:
-            raise ConfigError(f"--id {item!r}: unknown run {run!r}; choose one of: {', '.join(RUNS)}")
+        if run not in REGISTRY:
+            raise ConfigError(f"--id {item!r}: unknown run {run!r}; choose one of: {', '.join(REGISTRY)}")
         if recipe and recipe not in RECIPES:
             raise ConfigError(f"--id {item!r}: unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
         if recipe and recipe not in recipes:
@@ -102,7 +102,7 @@ def publish(recipe: str | None = None, ckpt_dir: Path | str | None = None,
     variants: list[Path] = []
     for r in recipes:
         folder = run_folder(RECIPES[r], root)
-        for run in RUNS:
+        for run in REGISTRY:
             if (folder / f"{run}_best.pt").is_file():
                 found.append((r, run, folder / f"{run}_best.pt"))
             variants += sorted(folder.glob(f"{run}-*_best.pt"))

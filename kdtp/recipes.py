@@ -39,6 +39,10 @@ class Recipe:
     temperature: float = 4.0
     alpha: float = 0.5            # weight of the hard-label CE in KD
     feature_weight: float = 1.0   # weight (beta) of the feature hint in feature KD
+    attention_weight: float = 1000.0   # beta of attention transfer (Zagoruyko & Komodakis' code)
+    rkd_distance_weight: float = 25.0  # RKD's distance and angle weights (Park et al.'s CIFAR script)
+    rkd_angle_weight: float = 50.0
+    pskd_alpha: float = 0.8       # PS-KD: weight of the model's own past predictions at the end (Kim et al.)
     # mean/std the images are normalised with: "cifar10" (its own statistics) or "imagenet"
     # (the statistics ImageNet-pretrained weights were trained with; the reference lab's)
     normalization: str = "cifar10"
@@ -176,6 +180,9 @@ def validate(recipe: Recipe) -> Recipe:
         (recipe.optimizer in ("adamw", "sgd"), "optimizer must be adamw or sgd"),
         (recipe.normalization in ("cifar10", "imagenet"), "normalization must be cifar10 or imagenet"),
         (recipe.feature_weight >= 0, "feature_weight must be >= 0"),
+        (min(recipe.attention_weight, recipe.rkd_distance_weight, recipe.rkd_angle_weight) >= 0,
+         "attention_weight, rkd_distance_weight and rkd_angle_weight must be >= 0"),
+        (0.0 <= recipe.pskd_alpha <= 1.0, "pskd_alpha must be in [0, 1]"),
         (recipe.schedule in ("constant", "cosine", "onecycle"), "schedule must be constant, cosine or onecycle"),
         (min(recipe.train_subset, recipe.val_subset, recipe.test_subset) >= 0, "subsets must be >= 0"),
     ]

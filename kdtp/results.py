@@ -1,6 +1,6 @@
-"""One results file per run folder that every finished run appends to.
+"""What a finished run gives back (``RunResult``), and the results file of each run folder.
 
-JSON lines, one object per finished training: run, recipe, data source, smoke flag,
+The results file: JSON lines, one object per finished training: run, recipe, data source, smoke flag,
 metrics, config hash, time. Appending (never rewriting) means a crash can cost at most
 the line being written; the comparison reads the latest line per run.
 """
@@ -9,9 +9,54 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from torch import nn
+
+from .recipes import Recipe
+
 RESULTS_FILE = "results.jsonl"
+
+
+@dataclass
+class RunResult:
+    """A finished run: the model (eval mode, on the device) and what is known about it."""
+    name: str
+    model: nn.Module
+    config: dict
+    history: dict
+    metrics: dict
+    path: Path
+    source: str            # "loaded", "downloaded", "trained" or "resumed"
+    recipe: Recipe
+    teacher: "RunResult | None" = field(default=None, repr=False)   # the first it learnt from
+    config_hash: str = ""
+    teachers: "list[RunResult]" = field(default_factory=list, repr=False)
+
+    @property
+    def test_acc(self) -> float:
+        return float(self.metrics["test_acc"])
+
+    @property
+    def val_acc(self) -> float:
+        return float(self.metrics["val_acc"])
+
+    @property
+    def smoke(self) -> bool:
+        return bool(self.config.get("smoke")) or self.config.get("data") != "cifar10"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}{' (smoke)' if self.smoke else ''}"
+
+    @property
+    def title(self) -> str:
+        """What the run is in its recipe (architecture, initialisation, method), from the truth."""
+        from .runs import describe, get_run
+
+        return describe(get_run(self.name), self.recipe) + (" (smoke)" if self.smoke else "")
+
 
 
 def record(folder: Path | str, run: str, config: dict, metrics: dict, config_hash: str) -> Path:

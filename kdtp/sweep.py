@@ -140,7 +140,7 @@ def read_rows(*paths: Path | str) -> list[dict]:
 
 def merge(paths: list[Path], out: Path) -> list[dict]:
     """Join the files of several machines into one (deduplicated), written atomically."""
-    from .checkpoint import atomic_write
+    from .store import atomic_write
 
     rows = read_rows(*paths)
     text = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows)
@@ -191,7 +191,7 @@ def slurm_script(cmds: list[str], out: Path) -> str:
 def run_cells(cells: list[Cell], recipe, smoke, sets: dict, out: Path, ckpt_dir=None, data_dir=None,
               device=None, verbose: bool = True, progress: bool = True) -> list[dict]:
     """Train-or-load every cell in this process, appending one row per cell to ``out``."""
-    from .checkpoint import train_or_load
+    from .runner import train_or_load
 
     rows = []
     for i, cell in enumerate(cells, 1):
@@ -220,7 +220,7 @@ def run_sweep(plan: SweepPlan, recipe=None, smoke=None, sets: dict | None = None
               ckpt_dir=None, data_dir=None, workers: int | None = None, verbose: bool = True,
               progress: bool = True) -> list[dict]:
     """Every cell of ``plan``; several GPUs: one worker process each (teachers trained first)."""
-    from .checkpoint import run_folder, train_or_load
+    from .runner import run_folder, train_or_load
     from .recipes import get_recipe
     from .runs import TEACHER, get_run
 
@@ -303,7 +303,8 @@ def publish_sweep(path: Path | str, manifest: Path | str | None = None) -> int:
     Students' notebooks then draw their own run among the instructor's seeds without any
     download. Smoke rows are refused: they are never presented as results.
     """
-    from .checkpoint import MANIFEST_FORMAT, CheckpointError, atomic_write, default_manifest_path, load_manifest
+    from .published import MANIFEST_FORMAT, CheckpointError, default_manifest_path, load_manifest
+    from .store import atomic_write
 
     rows = read_rows(path)
     if not rows:
@@ -339,7 +340,7 @@ def published_rows(recipe: str, manifest: Path | str | dict | None = None) -> li
 
     A broken manifest never stops a notebook: it is reported by train_or_load already.
     """
-    from .checkpoint import CheckpointError, load_manifest
+    from .published import CheckpointError, load_manifest
 
     try:
         data = manifest if isinstance(manifest, dict) else load_manifest(manifest)

@@ -1,7 +1,7 @@
 """One training loop for every strategy, and ``evaluate``.
 
 The loop knows nothing of checkpoints: after each epoch it hands a ``FitState`` to an
-``on_epoch_end`` callback (``checkpoint.py`` writes the resumable ``last`` file from it),
+``on_epoch_end`` callback (``resume.py`` writes the resumable ``last`` file from it),
 and it can start from a state a previous, interrupted run left behind.
 """
 from __future__ import annotations
@@ -117,6 +117,8 @@ def _fit_epochs(strategy, optimizer, scheduler, train_loader, val_loader, epochs
         started = time.perf_counter()
         train_loader.set_epoch(epoch)
         strategy.train()
+        if hasattr(strategy, "start_epoch"):
+            strategy.start_epoch(epoch, epochs)
         sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), dtype=torch.long, device=device)
         seen = 0

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import kdtp.checkpoint as ck
+import kdtp.resume as kresume
 from kdtp.checkpoint import (CheckpointError, CorruptCheckpointError, atomic_save, load_checkpoint,
                              train_or_load)
 
@@ -297,7 +298,7 @@ def test_checkpoint_of_another_network_is_not_loaded(trained, tmp_path, monkeypa
 def test_stale_config_is_never_loaded_and_the_message_says_what_differs(trained, tmp_path, monkeypatch):
     _copy_run(trained, tmp_path)
     root = tmp_path / "ck"
-    monkeypatch.setattr(ck, "fit", _no_training)
+    monkeypatch.setattr(kresume, "fit", _no_training)
     with pytest.raises(CheckpointError) as info:
         train_or_load(RUN, ckpt_dir=root, load_only=True, **{**TINY, "epochs": 2, "lr": 0.5})
     msg = str(info.value)
@@ -333,7 +334,7 @@ def test_unfinished_run_of_other_settings_is_parked_then_resumed(tmp_path, monke
     class Crash(Exception):
         pass
 
-    real_fit = ck.fit
+    real_fit = kresume.fit
 
     def crash_after_first_epoch(*args, on_epoch_end, **kwargs):
         def cb(state):
@@ -341,7 +342,7 @@ def test_unfinished_run_of_other_settings_is_parked_then_resumed(tmp_path, monke
             raise Crash
         return real_fit(*args, on_epoch_end=cb, **kwargs)
 
-    monkeypatch.setattr(ck, "fit", crash_after_first_epoch)
+    monkeypatch.setattr(kresume, "fit", crash_after_first_epoch)
     with pytest.raises(Crash):
         train_or_load(RUN, ckpt_dir=root, lr=0.01, **kw)          # leaves RUN_last.pt (lr 0.01)
     with pytest.raises(Crash):
@@ -351,7 +352,7 @@ def test_unfinished_run_of_other_settings_is_parked_then_resumed(tmp_path, monke
     folder = root / "smoke" / "cpu"
     lasts = {load_checkpoint(p)["config"]["lr"]: p.name for p in folder.glob("*_last.pt")}
     assert set(lasts) == {0.01, 0.02}
-    monkeypatch.setattr(ck, "fit", real_fit)
+    monkeypatch.setattr(kresume, "fit", real_fit)
     again = train_or_load(RUN, ckpt_dir=root, lr=0.01, **kw)
     assert again.source == "resumed" and again.config["lr"] == 0.01
     assert "resuming" in capsys.readouterr().out

@@ -17,26 +17,47 @@ from kdtp.data import CifarData
 from kdtp.recipes import RECIPES, Recipe
 
 TEACHER = runs.TEACHER
-KD = {n for n, s in runs.RUNS.items() if s.needs_teacher}
-STUDENTS = {n for n, s in runs.RUNS.items() if s.role == "student"}
-ALL = set(runs.RUNS)
+ALL = set(runs.REGISTRY)            # the lab's six and the course's runs (kdtp.course)
+
+
+def reaching(direct) -> set[str]:
+    """Runs for which ``direct(run)`` holds, and every run that learns from or starts from one."""
+    hit = {n for n, s in runs.REGISTRY.items() if direct(s)}
+    while True:
+        more = {n for n, s in runs.REGISTRY.items() if set(s.depends_on) & hit} - hit
+        if not more:
+            return hit
+        hit |= more
+
+
+TEACHERS = reaching(lambda s: s.role == "teacher")
+STUDENTS = reaching(lambda s: s.role == "student")
+PRETRAINED = reaching(lambda s: s.pretrained)
+
+
+def using(setting: str) -> set[str]:
+    from kdtp.distillers import get_method
+    return reaching(lambda s: setting in get_method(s.method).recipe_settings)
+
 
 # Which runs each field must reach, starting from the `fast` recipe (ImageNet-pretrained
-# ResNets, teacher_lr set apart from lr). A teacher setting reaches the distilled students
-# through their teacher's hash.
+# ResNets, teacher_lr set apart from lr). A setting reaches the runs that learn from a run
+# it changes through that run's hash (a teacher's setting reaches its students).
 SCOPE = {
     "name": ALL, "image_size": ALL, "cifar_stem": ALL, "optimizer": ALL, "weight_decay": ALL,
     "momentum": ALL, "batch_size": ALL, "schedule": ALL, "warmup_fraction": ALL,
     "train_subset": ALL, "val_subset": ALL, "test_subset": ALL, "synthetic": ALL, "smoke": ALL,
     "tta_flip": ALL, "normalization": ALL,
-    "pretrained": ALL - {"student_scratch_baseline"},   # scratch baselines never use ImageNet
-    "teacher_arch": {TEACHER} | KD, "teacher_lr": {TEACHER} | KD, "teacher_epochs": {TEACHER} | KD,
-    "teacher_label_smoothing": {TEACHER} | KD, "teacher_seed": {TEACHER} | KD,
+    "pretrained": PRETRAINED,        # scratch runs (and runs learning only from them) never use ImageNet
+    "teacher_arch": TEACHERS, "teacher_lr": TEACHERS, "teacher_epochs": TEACHERS,
+    "teacher_label_smoothing": TEACHERS, "teacher_seed": TEACHERS,
     "student_arch": STUDENTS, "lr": STUDENTS, "epochs": STUDENTS, "label_smoothing": STUDENTS,
     "seed": STUDENTS,
-    "temperature": KD, "alpha": KD,
-    "feature_weight": {"student_pretrained_kd_features"},
+    **{k: using(k) for k in ("temperature", "alpha", "feature_weight", "attention_weight",
+                             "rkd_distance_weight", "rkd_angle_weight", "pskd_alpha")},
 }
+assert SCOPE["feature_weight"] == {"student_pretrained_kd_features"}
+assert {"student_scratch_baseline", "born_again_gen1", "student_ps_kd"}.isdisjoint(SCOPE["pretrained"])
 
 OTHER_VALUE = {"name": "paper", "teacher_arch": "resnet18", "student_arch": "cnn_small",
                "optimizer": "adamw", "schedule": "cosine", "normalization": "cifar10"}
@@ -53,10 +74,18 @@ def fake_data(recipe: Recipe) -> CifarData:
 
 
 def hashes(recipe: Recipe) -> dict[str, str]:
-    data = fake_data(recipe)
-    teacher = config_hash(runs.run_config(runs.RUNS[TEACHER], recipe, data))
-    return {name: config_hash(runs.run_config(spec, recipe, data, teacher if spec.needs_teacher else None))
-            for name, spec in runs.RUNS.items()}
+    """Every declared run's hash, each dependency's hash feeding its dependants' (as train_or_load)."""
+    data, out = fake_data(recipe), {}
+
+    def one(name: str) -> str:
+        if name not in out:
+            spec = runs.REGISTRY[name]
+            out[name] = config_hash(runs.run_config(spec, recipe, data, [one(t) for t in spec.teachers] or None,
+                                                    init_hash=one(spec.init_from) if spec.init_from else None))
+        return out[name]
+    for name in ALL:
+        one(name)
+    return out
 
 
 def changed(value):

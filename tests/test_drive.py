@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import kdtp.checkpoint as ck
+import kdtp.resume as kresume
 import kdtp.env as env
 from kdtp.checkpoint import load_checkpoint, train_or_load
 
@@ -164,7 +165,7 @@ def test_lab_does_not_crash_when_drive_fills_up_during_training(colab, monkeypat
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real_atomic_save(obj, path)
 
-    monkeypatch.setattr(ck, "atomic_save", full)
+    monkeypatch.setattr(kresume, "atomic_save", full)
     with pytest.warns(RuntimeWarning) as caught:
         result = train_or_load(RUN, **TINY)
     messages = " | ".join(str(w.message) for w in caught)
@@ -178,7 +179,7 @@ def test_lab_does_not_crash_when_drive_fills_up_during_training(colab, monkeypat
 
 def test_nothing_writable_anywhere_still_returns_the_model(colab, monkeypatch, tmp_path):
     env.mount_drive()
-    monkeypatch.setattr(ck, "atomic_save", lambda obj, path: (_ for _ in ()).throw(
+    monkeypatch.setattr(kresume, "atomic_save", lambda obj, path: (_ for _ in ()).throw(
         OSError(errno.ENOSPC, "No space left on device")))
     with pytest.warns(RuntimeWarning) as caught:
         result = train_or_load(RUN, **TINY)

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 import kdtp.checkpoint as ck
+import kdtp.published as kpublished
+import kdtp.resume as kresume
 from kdtp.checkpoint import CheckpointError, load_checkpoint, sha256_file, train_or_load
 from kdtp.cli import main as cli_main
 from kdtp.data import SYNTHETIC_MARKER, write_synthetic_cifar10
@@ -70,8 +72,8 @@ def _leftovers(folder: Path) -> list[str]:
 def test_happy_path_downloads_verifies_and_does_not_train(smoke_run, tmp_path, monkeypatch):
     result, manifest = smoke_run
     fake, calls = _fake_downloader(lambda fid, out: shutil.copy(result.path, out))
-    monkeypatch.setattr(ck, "_gdown_download", fake)
-    monkeypatch.setattr(ck, "fit", _no_training)
+    monkeypatch.setattr(kpublished, "_gdown_download", fake)
+    monkeypatch.setattr(kresume, "fit", _no_training)
     got = train_or_load(RUN, ckpt_dir=tmp_path, smoke=True, manifest=manifest, load_only=True, **TINY)
     assert got.source == "downloaded" and calls == [DRIVE_ID]
     assert sha256_file(got.path) == manifest["checkpoints"][f"cpu/{RUN}"]["sha256"]
@@ -111,7 +113,7 @@ def test_bad_download_is_removed_then_load_only_errors_or_training_happens(
                                "downloaded this file recently.\n\nYou may still be able to access...")
 
     fake, calls = _fake_downloader(bad)
-    monkeypatch.setattr(ck, "_gdown_download", fake)
+    monkeypatch.setattr(kpublished, "_gdown_download", fake)
     folder = tmp_path / "smoke" / "cpu"
     with pytest.raises(CheckpointError, match=message) as info:
         train_or_load(RUN, ckpt_dir=tmp_path, smoke=True, manifest=manifest, load_only=True, **TINY)
@@ -131,7 +133,7 @@ def test_entry_of_other_settings_is_not_downloaded(smoke_run, tmp_path, monkeypa
     stale = json.loads(json.dumps(manifest))
     stale["checkpoints"][f"cpu/{RUN}"]["config_hash"] = "0" * 16
     fake, calls = _fake_downloader(lambda fid, out: shutil.copy(result.path, out))
-    monkeypatch.setattr(ck, "_gdown_download", fake)
+    monkeypatch.setattr(kpublished, "_gdown_download", fake)
     with pytest.raises(CheckpointError, match="published .* other settings"):
         train_or_load(RUN, ckpt_dir=tmp_path, smoke=True, manifest=stale, load_only=True, **TINY)
     assert calls == []
@@ -149,7 +151,7 @@ def test_unverifiable_entry_is_refused_before_downloading(smoke_run, tmp_path, m
     broken = json.loads(json.dumps(manifest))
     broken["checkpoints"][f"cpu/{RUN}"][field] = value
     fake, calls = _fake_downloader(lambda fid, out: shutil.copy(result.path, out))
-    monkeypatch.setattr(ck, "_gdown_download", fake)
+    monkeypatch.setattr(kpublished, "_gdown_download", fake)
     with pytest.raises(CheckpointError, match=message):
         train_or_load(RUN, ckpt_dir=tmp_path, smoke=True, manifest=broken, load_only=True, **TINY)
     assert calls == []
@@ -177,11 +179,11 @@ def test_gdown_wrapper_writes_into_our_file_and_reports_none(tmp_path, monkeypat
 
     monkeypatch.setitem(sys.modules, "gdown", types.SimpleNamespace(download=download))
     out = tmp_path / "x.download"
-    ck._gdown_download("abc", str(out))
+    kpublished._gdown_download("abc", str(out))
     assert out.read_bytes() == b"bytes" and seen == {"id": "abc", "timeout": 60, "stream": True}
     assert list(tmp_path.iterdir()) == [out]                    # no gdown .part file of its own
     with pytest.raises(CheckpointError, match="not shared, or quota"):
-        ck._gdown_download("missing", str(out))
+        kpublished._gdown_download("missing", str(out))
 
 
 # ----------------------------------------------------------------------------- publish
@@ -211,8 +213,8 @@ def test_publish_writes_entries_keeps_ids_and_round_trips(real_run, tmp_path, mo
     # a student's kit: the instructor's file arrives through the (fake) Drive, verified
     by_id = {DRIVE_ID: result.path}
     fake, calls = _fake_downloader(lambda fid, out: shutil.copy(by_id[fid], out))
-    monkeypatch.setattr(ck, "_gdown_download", fake)
-    monkeypatch.setattr(ck, "fit", _no_training)
+    monkeypatch.setattr(kpublished, "_gdown_download", fake)
+    monkeypatch.setattr(kresume, "fit", _no_training)
     got = train_or_load(RUN, ckpt_dir=tmp_path / "student", data_dir=base / "data", smoke=False,
                         manifest=manifest, load_only=True, **TINY)
     assert got.source == "downloaded" and got.test_acc == result.test_acc

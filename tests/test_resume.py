@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import kdtp.checkpoint as ck
+import kdtp.resume as kresume
 from kdtp.checkpoint import load_checkpoint, train_or_load
 from kdtp.recipes import get_recipe
 from kdtp.runs import get_data
@@ -39,7 +40,7 @@ class Crash(Exception):
 
 def _fit_recording(record: dict, crash_after: int | None = None):
     """Wrap ``kdtp.checkpoint.fit``: remember the final weights, optionally crash."""
-    real_fit = ck.fit
+    real_fit = kresume.fit
 
     def fit(strategy, *args, on_epoch_end, **kwargs):
         def cb(state):
@@ -62,7 +63,7 @@ def test_resumed_run_equals_uninterrupted_run(run, tmp_path, monkeypatch, capsys
     kw = dict(TINY, epochs=3)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     one: dict = {}
-    monkeypatch.setattr(ck, "fit", _fit_recording(one))
+    monkeypatch.setattr(kresume, "fit", _fit_recording(one))
     a = train_or_load(run, ckpt_dir=straight, **kw)
     if a.teacher is not None:      # same teacher file for both (not trained twice)
         dst = resumed / a.teacher.path.relative_to(straight)
@@ -70,14 +71,14 @@ def test_resumed_run_equals_uninterrupted_run(run, tmp_path, monkeypatch, capsys
         shutil.copy(a.teacher.path, dst)
 
     two: dict = {}
-    monkeypatch.setattr(ck, "fit", _fit_recording(two, crash_after=2))
+    monkeypatch.setattr(kresume, "fit", _fit_recording(two, crash_after=2))
     with pytest.raises(Crash):
         train_or_load(run, ckpt_dir=resumed, **kw)
     last = resumed / "smoke" / "cpu" / f"{run}_last.pt"
     assert load_checkpoint(last)["epoch"] == 2 and not last.with_name(f"{run}_best.pt").exists()
     capsys.readouterr()
 
-    monkeypatch.setattr(ck, "fit", _fit_recording(two))
+    monkeypatch.setattr(kresume, "fit", _fit_recording(two))
     b = train_or_load(run, ckpt_dir=resumed, **kw)
     assert b.source == "resumed" and a.source == "trained"
     out = capsys.readouterr().out
@@ -204,11 +205,11 @@ def test_rng_states_survive_a_safe_save_and_load(tmp_path):
 
     torch.manual_seed(1), np.random.seed(2), pyrandom.seed(3)
     np.random.randn()                              # a cached gaussian is part of the state
-    state = ck._rng_state()
+    state = kresume.rng_state()
     first = (torch.rand(3), np.random.rand(3), [pyrandom.random() for _ in range(3)])
     path = ck.atomic_save({"format": ck.FORMAT, "kind": "best", "model": {}, "config": {},
                            "config_hash": "x", "metrics": {}, "rng": state}, tmp_path / "r_best.pt")
     torch.manual_seed(99), np.random.seed(99), pyrandom.seed(99)
-    ck._set_rng_state(load_checkpoint(path)["rng"])
+    kresume.set_rng_state(load_checkpoint(path)["rng"])
     again = (torch.rand(3), np.random.rand(3), [pyrandom.random() for _ in range(3)])
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]

@@ -5,7 +5,7 @@ import shlex
 
 import pytest
 
-from kdtp import checkpoint, sweep
+from kdtp import runner, sweep
 from kdtp.cli import main
 from kdtp.env import ConfigError
 
@@ -50,7 +50,7 @@ def test_sweep_trains_each_cell_once_then_only_loads(tmp_path, monkeypatch):
 
     def no_training(*a, **k):
         raise AssertionError("a finished cell was trained again")
-    monkeypatch.setattr(checkpoint, "_train", no_training)
+    monkeypatch.setattr(runner, "train_run", no_training)
     again = sweep.run_sweep(plan, **kw)
     assert all(r["source"] == "loaded" for r in again)
     assert [r["test_acc"] for r in again] == [r["test_acc"] for r in rows]

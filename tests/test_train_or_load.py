@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import kdtp.checkpoint as ck
+import kdtp.resume as kresume
 from kdtp.checkpoint import load_checkpoint, train_or_load
 
 
@@ -18,7 +19,7 @@ def test_second_call_loads_without_training(tmp_path, monkeypatch):
     first = train_or_load("student_scratch_baseline", **kw)
     assert first.source == "trained" and first.path.name == "student_scratch_baseline_best.pt"
     assert first.path.parent == tmp_path / "ck" / "smoke" / "cpu"        # smoke kept apart
-    monkeypatch.setattr(ck, "fit", _no_training)
+    monkeypatch.setattr(kresume, "fit", _no_training)
     second = train_or_load("student_scratch_baseline", **kw)
     assert second.source == "loaded"
     assert second.test_acc == first.test_acc
@@ -44,7 +45,7 @@ def test_other_settings_train_separately_and_keep_the_first(tmp_path, monkeypatc
     assert other.source == "trained" and other.path != base.path
     assert other.config["alpha"] == 0.9 and base.config["alpha"] == 0.5
     assert load_checkpoint(base.path)["config"]["alpha"] == 0.5         # first run untouched
-    monkeypatch.setattr(ck, "fit", _no_training)
+    monkeypatch.setattr(kresume, "fit", _no_training)
     again = train_or_load("student_scratch_kd_scores", alpha=0.9, **kw)   # finds the variant
     assert again.source == "loaded" and again.path == other.path
     # the teacher's identity does not depend on KD-only settings
@@ -78,7 +79,7 @@ def test_runs_without_imagenet_weights_are_twins_trained_once(tmp_path, monkeypa
     for k, v in pretrained.model.state_dict().items():
         assert torch.equal(v, apart.model.state_dict()[k]), f"{k} differs: not the same training"
 
-    monkeypatch.setattr(ck, "fit", _no_training)
+    monkeypatch.setattr(kresume, "fit", _no_training)
     scratch = train_or_load("student_scratch_baseline", ckpt_dir=tmp_path / "b", **kw)
     assert scratch.path == tmp_path / "b" / "smoke" / "cpu" / "student_scratch_baseline_best.pt"
     assert scratch.config["run"] == "student_scratch_baseline" and scratch.test_acc == apart.test_acc
@@ -96,7 +97,7 @@ def test_a_twin_with_other_settings_is_not_reused(tmp_path, monkeypatch):
     kw = dict(recipe="cpu", smoke=True, ckpt_dir=tmp_path, data_dir=tmp_path / "d", progress=False)
     train_or_load("student_pretrained_baseline", label_smoothing=0.0, **kw)
     trained = []
-    real_fit = ck.fit
-    monkeypatch.setattr(ck, "fit", lambda *a, **k: trained.append(1) or real_fit(*a, **k))
+    real_fit = kresume.fit
+    monkeypatch.setattr(kresume, "fit", lambda *a, **k: trained.append(1) or real_fit(*a, **k))
     scratch = train_or_load("student_scratch_baseline", **kw)         # the recipe's own smoothing
     assert trained and scratch.source == "trained"
