@@ -1,4 +1,6 @@
-"""``python -m kdtp``: train one run, run the whole lab, benchmark, make data, publish.
+"""``python -m kdtp``: train one run, run the whole lab, benchmark, make data, publish; and the
+instructor's three jobs: retarget a fork (``course``), check a runtime (``doctor``), rehearse
+the class from the published checkpoints (``rehearse``).
 
 Bad arguments (unknown run or recipe, a malformed ``--set``, a bad environment variable)
 print one line on stderr and exit with code 2 before anything is written.
@@ -97,6 +99,30 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Drive file id of a run's uploaded checkpoint")
     pub.add_argument("--sweep", type=Path, metavar="FILE",
                      help="publish a sweep's results file (python -m kdtp sweep) into the manifest")
+    pub.add_argument("--smoke", action="store_true",
+                     help="publish the smoke checkpoints into a rehearsal manifest (needs --manifest)")
+
+    co = sub.add_parser("course", help="point every badge and install line at your fork; alone: check them")
+    co.add_argument("--repo", metavar="OWNER/NAME", help="the course's GitHub repository (your fork)")
+    co.add_argument("--branch", metavar="B", help="the branch students use (default: keep the current one)")
+
+    doc = sub.add_parser("doctor", help="check this runtime: device, folders, data, weights, what downloads")
+    doc.add_argument("--recipe", choices=list(RECIPES))
+    doc.add_argument("--smoke", action="store_true")
+    doc.add_argument("--offline", action="store_true", help="skip the network probes")
+    doc.add_argument("--manifest", type=Path, help="default: KDTP_MANIFEST or kdtp/manifest.json")
+
+    reh = sub.add_parser("rehearse", help="run the student notebooks from the published manifest; nothing trains")
+    reh.add_argument("notebooks", nargs="*", type=Path, metavar="NOTEBOOK",
+                     help="default: every numbered notebook, the student version where there is one")
+    reh.add_argument("--smoke", action="store_true")
+    reh.add_argument("--core", action="store_true", help="the core lab only (00-06)")
+    reh.add_argument("--recipe", choices=list(RECIPES))
+    reh.add_argument("--manifest", type=Path, help="default: KDTP_MANIFEST or kdtp/manifest.json")
+    reh.add_argument("--mirror", type=Path, metavar="DIR",
+                     help="copy the published files from DIR (the folder publish read) instead of Drive")
+    reh.add_argument("--out", type=Path, help="the rehearsal's folder (default: a new temporary one)")
+    reh.add_argument("--keep", action="store_true", help="keep the downloaded checkpoints")
     return p
 
 
@@ -228,6 +254,9 @@ def _check_environment() -> None:
     pick_precision(pick_device())
     stale_after()
     default_recipe_name()
+    from .env import load_only_mode
+
+    load_only_mode()
     if os.environ.get("KDTP_MANIFEST", "").strip() and default_manifest_path().is_dir():
         raise ConfigError(f"KDTP_MANIFEST={os.environ['KDTP_MANIFEST']!r} is a folder: point it at "
                           "the manifest JSON file")
@@ -254,6 +283,14 @@ def _check_args(args) -> None:
             _check_dir_arg("--ckpt-dir", args.ckpt_dir, must_exist=True, writable=False)
         if args.manifest is not None and args.manifest.expanduser().is_dir():
             raise ConfigError(f"--manifest {args.manifest} is a folder: give the path of a JSON file")
+        if args.smoke and args.manifest is None:
+            raise ConfigError("publish --smoke needs --manifest FILE: smoke entries go into a rehearsal "
+                              "manifest, never the kit's")
+    if args.command in ("doctor", "rehearse"):
+        if args.manifest is not None and args.manifest.expanduser().is_dir():
+            raise ConfigError(f"--manifest {args.manifest} is a folder: give the path of a JSON file")
+    if args.command == "rehearse" and args.mirror is not None:
+        _check_dir_arg("--mirror", args.mirror, must_exist=True, writable=False)
     if args.command == "train":
         from .recipes import get_recipe
 
@@ -308,7 +345,22 @@ def main(argv: list[str] | None = None) -> int:
                 from .sweep import publish_sweep
 
                 return publish_sweep(args.sweep, args.manifest)
-            return publish(recipe=args.recipe, ckpt_dir=args.ckpt_dir, manifest=args.manifest, ids=args.id)
+            return publish(recipe=args.recipe, ckpt_dir=args.ckpt_dir, manifest=args.manifest, ids=args.id,
+                           smoke=args.smoke)
+        if args.command == "course":
+            from .fork import main as course_main
+
+            return course_main(args.repo, args.branch)
+        if args.command == "doctor":
+            from .doctor import main as doctor_main
+
+            return doctor_main(args.recipe, True if args.smoke else None, args.offline, args.manifest)
+        if args.command == "rehearse":
+            from .rehearse import rehearse
+
+            return rehearse(args.notebooks, smoke=True if args.smoke else None, recipe=args.recipe,
+                            manifest=args.manifest, mirror=args.mirror, out=args.out, keep=args.keep,
+                            core_only=args.core)
     except ConfigError as exc:
         print(f"python -m kdtp: error: {_one_line(exc)}", file=sys.stderr)
         return 2

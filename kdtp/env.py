@@ -40,13 +40,26 @@ def smoke_mode() -> bool:
 
     It is what CI and nbval run; anything it produces is labelled "smoke".
     """
-    raw = os.environ.get("KDTP_SMOKE", "").strip().lower()
+    return _switch("KDTP_SMOKE", "1 (smoke mode) or 0 / unset it (real run)")
+
+
+def _switch(var: str, choices: str) -> bool:
+    """An on/off environment variable: 1/true/yes/on, 0/false/no/off or unset; else a ConfigError."""
+    raw = os.environ.get(var, "").strip().lower()
     if raw in _TRUE:
         return True
     if raw in _FALSE:
         return False
-    raise ConfigError(f"KDTP_SMOKE={os.environ['KDTP_SMOKE']!r} is not understood: "
-                      "set it to 1 (smoke mode) or 0 / unset it (real run)")
+    raise ConfigError(f"{var}={os.environ[var]!r} is not understood: set it to {choices}")
+
+
+def load_only_mode() -> bool:
+    """``KDTP_LOAD_ONLY=1``: every ``train_or_load`` loads or downloads, and fails rather than train.
+
+    The switch ``python -m kdtp rehearse`` sets for the notebooks it runs, so that a run which
+    would train in class fails the rehearsal, by name, the day before.
+    """
+    return _switch("KDTP_LOAD_ONLY", "1 (never train, only load or download) or 0 / unset it")
 
 
 def project_root() -> Path:
@@ -203,19 +216,20 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 CPUINFO = Path("/proc/cpuinfo")  # the Linux fallback for AMX detection (tests point it elsewhere)
 
 
-def _cpuinfo_has_amx(path: Path | None = None) -> bool:
-    """True when the ``flags`` line of /proc/cpuinfo lists both ``amx_tile`` and ``amx_bf16``."""
+def _cpu_flags(path: Path | None = None) -> set[str]:
+    """The ``flags`` of /proc/cpuinfo (empty off Linux or when it cannot be read)."""
     if not sys.platform.startswith("linux"):
-        return False
+        return set()
     try:
         text = (path or CPUINFO).read_text(errors="replace")
     except OSError:
-        return False
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.partition(":")[2].split())
-            return {"amx_tile", "amx_bf16"} <= flags
-    return False
+        return set()
+    return next((set(ln.partition(":")[2].split()) for ln in text.splitlines() if ln.startswith("flags")), set())
+
+
+def _cpuinfo_has_amx(path: Path | None = None) -> bool:
+    """True when the ``flags`` line of /proc/cpuinfo lists both ``amx_tile`` and ``amx_bf16``."""
+    return {"amx_tile", "amx_bf16"} <= _cpu_flags(path)
 
 
 def cpu_has_amx() -> bool:
@@ -231,6 +245,15 @@ def cpu_has_amx() -> bool:
         except Exception:  # noqa: BLE001 - a private probe may break in any torch release
             pass
     return _cpuinfo_has_amx()
+
+
+def cpu_class() -> str:
+    """``cpu-amx``, ``cpu-avx512bf16``, ``cpu-avx2`` or ``cpu``: what sets a CPU's training speed
+    here (see ``pick_precision``); the device classes of benchmarks/RESULTS.md."""
+    if cpu_has_amx():
+        return "cpu-amx"
+    flags = _cpu_flags()
+    return "cpu-avx512bf16" if "avx512_bf16" in flags else "cpu-avx2" if "avx2" in flags else "cpu"
 
 
 def pick_precision(device: torch.device) -> str:

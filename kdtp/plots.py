@@ -151,7 +151,7 @@ def learning_curves(results: Any, smoke: bool | None = None, title: str = "Learn
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for r in runs:
         h = _get(r, "history", {}) or {}
-        label = run_name(r)
+        label = short_name(r).replace("\n", " ")   # what the run is in its recipe, not its file name
         for ax, key in ((ax_loss, "train_loss"), (ax_acc, "val_acc")):
             values = h.get(key, [])
             if values:
@@ -182,7 +182,8 @@ def loss_terms(result: Any, smoke: bool | None = None) -> Figure:
     ax.grid(alpha=0.3)
     _epoch_axis(ax, len(h.get("val_acc", [])))
     ax.legend()
-    return finish(fig, f"Loss terms of {run_name(result)}", smoke)
+    title = getattr(result, "title", None) or run_name(result)
+    return finish(fig, f"Loss terms of {run_name(result)}: {title}", smoke)
 
 
 @torch.no_grad()

@@ -5,6 +5,9 @@ recipe's run folder for finished ``*_best.pt`` files, checks that each one loads
 real (not smoke) run, and writes ``name -> Drive file id, sha256, size, config hash`` into
 the manifest that ``train_or_load`` consults before training. The files themselves are
 uploaded by hand (Drive has no anonymous upload); their ids come back with ``--id``.
+
+``--smoke`` publishes smoke checkpoints instead, into a manifest of their own (never the
+kit's): the set ``python -m kdtp rehearse --smoke`` rehearses a class with, offline.
 """
 from __future__ import annotations
 
@@ -54,14 +57,17 @@ def _parse_ids(ids: list[str] | None, recipes: list[str]) -> dict[tuple[str | No
     return out
 
 
-def _problem(payload: dict, recipe: str, run: str) -> str | None:
-    """Why a loadable checkpoint must not be published, or None."""
+def _problem(payload: dict, recipe: str, run: str, smoke: bool = False) -> str | None:
+    """Why a loadable checkpoint must not be published (with ``smoke``: as a rehearsal entry), or None."""
     cfg = payload.get("config") or {}
     if payload.get("kind", "best") != "best":
         return "it is not a finished run"
-    if payload.get("smoke") or cfg.get("smoke") or cfg.get("data") != "cifar10":
+    is_smoke = bool(payload.get("smoke") or cfg.get("smoke") or cfg.get("data") != "cifar10")
+    if is_smoke and not smoke:
         return ("it is a smoke / synthetic-data run: its numbers are not real, so it is never "
                 "published (train it without --smoke on CIFAR-10)")
+    if smoke and not is_smoke:
+        return "it is a real run: publish it without --smoke"
     if config_hash(cfg) != payload.get("config_hash"):
         return "its stored settings do not match its configuration hash (the file was altered)"
     if cfg.get("recipe") != recipe or cfg.get("run") != run:
@@ -72,13 +78,14 @@ def _problem(payload: dict, recipe: str, run: str) -> str | None:
 
 
 def publish(recipe: str | None = None, ckpt_dir: Path | str | None = None,
-            manifest: Path | str | None = None, ids: list[str] | None = None) -> int:
+            manifest: Path | str | None = None, ids: list[str] | None = None, smoke: bool = False) -> int:
     """Write manifest entries for the finished, real checkpoints; print what to do next.
 
     Existing entries and their Drive ids are kept (``--id`` replaces one); the manifest is
     rewritten atomically. Returns 0 when every checkpoint found was published, 1 when
     none could be or some were refused (each with its reason). Bad input raises
-    ConfigError before anything is written.
+    ConfigError before anything is written. ``smoke``: the smoke checkpoints, for a
+    rehearsal manifest (refused for the kit's own manifest).
     """
     if recipe is not None and recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
@@ -90,6 +97,9 @@ def publish(recipe: str | None = None, ckpt_dir: Path | str | None = None,
         raise ConfigError(f"manifest {manifest_path} is a folder: give the path of a JSON file")
     if not manifest_path.parent.is_dir():
         raise ConfigError(f"the folder of manifest {manifest_path} does not exist")
+    if smoke and manifest_path.resolve() == Path(__file__).with_name("manifest.json").resolve():
+        raise ConfigError("publish --smoke never writes into the kit's manifest (students would get "
+                          "synthetic-data entries): give --manifest FILE, a rehearsal manifest")
     recipes = [recipe] if recipe else list(RECIPES)
     id_map = _parse_ids(ids, recipes)
     try:
@@ -101,12 +111,13 @@ def publish(recipe: str | None = None, ckpt_dir: Path | str | None = None,
     smoke_files: list[Path] = []
     variants: list[Path] = []
     for r in recipes:
-        folder = run_folder(RECIPES[r], root)
+        folder = run_folder(smoke_version(RECIPES[r]) if smoke else RECIPES[r], root)
         for run in REGISTRY:
             if (folder / f"{run}_best.pt").is_file():
                 found.append((r, run, folder / f"{run}_best.pt"))
             variants += sorted(folder.glob(f"{run}-*_best.pt"))
-        smoke_files += sorted(run_folder(smoke_version(RECIPES[r]), root).glob("*_best.pt"))
+        if not smoke:
+            smoke_files += sorted(run_folder(smoke_version(RECIPES[r]), root).glob("*_best.pt"))
 
     for (want_recipe, run), _ in id_map.items():
         matches = [f for f in found if f[1] == run and want_recipe in (None, f[0])]
@@ -118,7 +129,8 @@ def publish(recipe: str | None = None, ckpt_dir: Path | str | None = None,
                               f"write RECIPE/{run}=ID or pass --recipe; nothing written")
 
     if not found:
-        where = ", ".join(str(run_folder(RECIPES[r], root)) for r in recipes)
+        where = ", ".join(str(run_folder(smoke_version(RECIPES[r]) if smoke else RECIPES[r], root))
+                          for r in recipes)
         msg = f"publish: no finished checkpoints (*_best.pt) in {where}; nothing written."
         if smoke_files:
             msg += (f" {len(smoke_files)} smoke checkpoint(s) under {root / 'smoke'} are never "
@@ -136,7 +148,7 @@ def publish(recipe: str | None = None, ckpt_dir: Path | str | None = None,
         except CorruptCheckpointError as exc:
             refused.append(f"{exc}: not published")
             continue
-        why = _problem(payload, r, run)
+        why = _problem(payload, r, run, smoke)
         if why:
             refused.append(f"{path}: {why}")
             continue
@@ -155,7 +167,7 @@ def publish(recipe: str | None = None, ckpt_dir: Path | str | None = None,
         entries[key] = {"file_id": file_id, "sha256": sha, "size": path.stat().st_size,
                         "config_hash": payload["config_hash"], "file": rel,
                         "test_acc": float(payload["metrics"]["test_acc"]),
-                        "created": payload.get("created", "")}
+                        "created": payload.get("created", ""), **({"smoke": True} if smoke else {})}
 
     for p in variants:
         notes.append(f"{p.name} (a run with non-default settings) is not published: only the "
@@ -180,6 +192,11 @@ def publish(recipe: str | None = None, ckpt_dir: Path | str | None = None,
         print(f"note: {note}")
     missing = [k for k, e in entries.items() if not e["file_id"]]
     print("next:")
+    if smoke:
+        print(f"  rehearse with these smoke checkpoints (Drive stood in by {root}):\n"
+              f"     python -m kdtp rehearse --smoke{f' --recipe {recipe}' if recipe else ''} "
+              f"--manifest {manifest_path} --mirror {root}")
+        return 1 if refused else 0
     if missing:
         print(f"  1. upload these files from {root} to Google Drive: "
               + ", ".join(entries[k]["file"] for k in missing))

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .env import ConfigError, pick_device
+from .env import ConfigError, load_only_mode, pick_device
 from .lock import describe_holder, live_holder
 from .lock import hold as hold_run_lock
 from .published import fetch_published, load_manifest, manifest_key
@@ -93,6 +93,7 @@ def train_or_load(name: str | Run, recipe: str | Recipe | None = None, *, smoke:
     """
     spec = get_run(name)
     name = spec.name
+    load_only = load_only or load_only_mode()   # KDTP_LOAD_ONLY=1: what `kdtp rehearse` runs with
     if name in _chain:
         raise ConfigError(f"runs learn from each other in a circle ({' -> '.join(_chain + (name,))}); "
                           "a run can only learn from runs that do not depend on it")

@@ -77,7 +77,8 @@ def summarize(values: Iterable[float]) -> Summary:
 class Difference:
     """A difference ``b - a`` of accuracies with its standard error.
 
-    ``method``: "paired" (per-seed differences, ``n`` pairs), "binomial" (one run each,
+    ``method``: "paired" (per-seed differences, ``n`` pairs), "same images" (two models
+    scored image by image on one test set, ``n`` images), "binomial" (one run each,
     test-set error only, ``n`` = 1) or "unpaired" (means over different seeds; ``n`` is
     None, ``n_a``/``n_b`` the seeds per side). ``std`` is the std of the per-seed
     differences (paired only, else None). ``t = mean / se``.
@@ -172,6 +173,26 @@ def unpaired_difference(a_values: Sequence[float], b_values: Sequence[float],
     if len(a) == 1 and len(b) == 1:
         return Difference(mean, None, se, 1, _t(mean, se), "binomial")
     return Difference(mean, None, se, None, _t(mean, se), "unpaired", (), len(a), len(b))
+
+
+def same_images_difference(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> Difference:
+    """``acc(b) - acc(a)`` of two models scored on the *same* test images, with its SE.
+
+    Per image the difference is -1, 0 or +1; its mean is the accuracy gap and its SE is
+    ``std / sqrt(n)``. Two models are mostly right on the same images, so this is much
+    smaller than the unpaired ``sqrt(se_a**2 + se_b**2)`` (the idea of McNemar's test).
+    It covers the test set's sampling only: a second seed can still move the gap by
+    more (``paired_difference`` over seeds covers that).
+    """
+    a = [bool(v) for v in correct_a]
+    b = [bool(v) for v in correct_b]
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"both models must be scored on the same test images (got {len(a)} and "
+                         f"{len(b)} answers; at least 2)")
+    d = [int(y) - int(x) for x, y in zip(a, b)]
+    s = summarize(d)
+    assert s.se is not None
+    return Difference(s.mean, s.std, s.se, len(d), _t(s.mean, s.se), "same images")
 
 
 # ----------------------------------------------------------------------------- verdicts

@@ -12,6 +12,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from kdtp import lab
 from kdtp.checkpoint import run_folder
+from kdtp.fork import read_config
 from kdtp.recipes import get_recipe
 from kdtp.results import record
 
@@ -103,7 +104,7 @@ def test_committed_notebooks_are_clean_and_complete(name):
     assert all(not c.outputs and c.execution_count is None for c in code), "committed without outputs"
     first = nb.cells[0].source
     assert first.startswith("# ") and "Learning goals" in first
-    assert f"colab.research.google.com/github/kdtp-course/kdtp/blob/main/notebooks/{name}.ipynb" in first
+    assert read_config().colab_url(f"{name}.ipynb") in first       # the course's address (kdtp/course_repo.json)
     setup = code[0].source
     assert '"google.colab" in sys.modules' in setup and "pip install" in setup and "torch" not in setup.split("pip install")[1]
     text = "\n".join(c.source for c in code)

@@ -147,11 +147,11 @@ def test_teacher_logits_in_bf16_match_fp32():
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("precision-data")
-    write_synthetic_cifar10(root, n_train=3000, n_test=1000, seed=3)
+    write_synthetic_cifar10(root, n_train=2000, n_test=1000, seed=3)
     return load_cifar10(root, download=False)
 
 
-def _train_accuracy(data, precision: str, seed: int = 0, epochs: int = 3) -> float:
+def _train_accuracy(data, precision: str, seed: int = 0, epochs: int = 2) -> float:
     torch.manual_seed(seed)
     model = build_model("cnn_tiny").to(memory_format=torch.channels_last)
     train = DeviceLoader(data.train_x, data.train_y, 100, train=True, seed=seed)

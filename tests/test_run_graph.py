@@ -98,7 +98,8 @@ def test_config_reaches_through_the_graph_and_lists_several_teachers():
 
 
 def test_born_again_chain_trains_each_generation_once_then_loads(tmp_path, monkeypatch):
-    kw = dict(recipe="cpu", smoke=True, ckpt_dir=tmp_path, data_dir=tmp_path / "d", progress=False,
+    kw = dict(recipe="cpu", smoke=True, train_subset=256, val_subset=64, test_subset=64, teacher_arch="cnn_tiny",
+              ckpt_dir=tmp_path, data_dir=tmp_path / "d", progress=False,
               verbose=False)
     kdtp.Run("graph_ba1", method="kd_logits", teacher=runs.TEACHER, arch="cnn_tiny")
     kdtp.Run("graph_ba2", method="kd_logits", teacher="graph_ba1", arch="cnn_tiny")

@@ -165,3 +165,19 @@ def test_the_labs_results_table_gives_each_run_its_test_set_standard_error():
     from kdtp.results import format_table
     text = format_table([{"run": "student", "test_acc": 0.8283, "n_test": 10000, "recipe": "cpu"}])
     assert " 0.0038 " in text            # sqrt(0.8283 * 0.1717 / 10000) = 0.00377
+
+
+def test_same_images_difference_is_the_mean_and_se_of_per_image_differences():
+    import math
+
+    from kdtp.stats import same_images_difference, unpaired_difference
+    a = [True] * 80 + [False] * 20
+    b = [True] * 78 + [False] * 2 + [True] * 7 + [False] * 13      # 85 right, mostly the same images
+    d = same_images_difference(a, b)
+    diffs = [int(y) - int(x) for x, y in zip(a, b)]
+    mean = sum(diffs) / 100
+    std = math.sqrt(sum((v - mean) ** 2 for v in diffs) / 99)
+    assert d.mean == pytest.approx(0.05) and d.se == pytest.approx(std / 10) and d.method == "same images"
+    assert d.se < unpaired_difference([0.80], [0.85], n_test=100).se      # pairing removes the shared part
+    with pytest.raises(ValueError, match="same test images"):
+        same_images_difference(a, b[:-1])

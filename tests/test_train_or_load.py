@@ -10,12 +10,16 @@ import kdtp.resume as kresume
 from kdtp.checkpoint import load_checkpoint, train_or_load
 
 
+# small data and the tiniest networks: these tests check what is loaded and trained, not accuracy
+SMALL = dict(train_subset=256, val_subset=64, test_subset=64, teacher_arch="cnn_tiny", student_arch="cnn_tiny")
+
+
 def _no_training(*args, **kwargs):
     raise AssertionError("train_or_load trained although a matching checkpoint exists")
 
 
 def test_second_call_loads_without_training(tmp_path, monkeypatch):
-    kw = dict(recipe="cpu", smoke=True, ckpt_dir=tmp_path / "ck", data_dir=tmp_path / "d", progress=False)
+    kw = dict(recipe="cpu", smoke=True, **SMALL, ckpt_dir=tmp_path / "ck", data_dir=tmp_path / "d", progress=False)
     first = train_or_load("student_scratch_baseline", **kw)
     assert first.source == "trained" and first.path.name == "student_scratch_baseline_best.pt"
     assert first.path.parent == tmp_path / "ck" / "smoke" / "cpu"        # smoke kept apart
@@ -28,7 +32,7 @@ def test_second_call_loads_without_training(tmp_path, monkeypatch):
 
 
 def test_checkpoint_holds_only_safe_types_and_the_facts(tmp_path):
-    r = train_or_load("teacher_resnet50", "cpu", smoke=True, ckpt_dir=tmp_path, data_dir=tmp_path / "d",
+    r = train_or_load("teacher_resnet50", "cpu", smoke=True, **SMALL, ckpt_dir=tmp_path, data_dir=tmp_path / "d",
                       progress=False)
     payload = torch.load(r.path, weights_only=True)                    # no pickled code needed
     assert payload["config_hash"] == r.config_hash and payload["smoke"] is True
@@ -39,7 +43,7 @@ def test_checkpoint_holds_only_safe_types_and_the_facts(tmp_path):
 
 
 def test_other_settings_train_separately_and_keep_the_first(tmp_path, monkeypatch):
-    kw = dict(recipe="cpu", smoke=True, ckpt_dir=tmp_path, data_dir=tmp_path / "d", progress=False)
+    kw = dict(recipe="cpu", smoke=True, **SMALL, ckpt_dir=tmp_path, data_dir=tmp_path / "d", progress=False)
     base = train_or_load("student_scratch_kd_scores", **kw)
     other = train_or_load("student_scratch_kd_scores", alpha=0.9, **kw)
     assert other.source == "trained" and other.path != base.path
@@ -60,7 +64,8 @@ def test_load_only_without_a_checkpoint_says_what_to_do(tmp_path):
 
 def test_cli_trains_then_loads(tmp_path):
     cmd = [sys.executable, "-m", "kdtp", "train", "student_pretrained_baseline", "--smoke",
-           "--recipe", "cpu", "--ckpt-dir", str(tmp_path / "ck"), "--data-dir", str(tmp_path / "d")]
+           "--recipe", "cpu", "--ckpt-dir", str(tmp_path / "ck"), "--data-dir", str(tmp_path / "d"),
+           *[arg for k, v in SMALL.items() for arg in ("--set", f"{k}={v}")]]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "test accuracy" in first.stdout and "(trained:" in first.stdout and "SMOKE" in first.stdout
@@ -72,7 +77,7 @@ def test_cli_trains_then_loads(tmp_path):
 def test_runs_without_imagenet_weights_are_twins_trained_once(tmp_path, monkeypatch):
     """In the cpu recipe (no ImageNet weights) "pretrained" and "scratch" runs are the same
     training: first shown by training both independently, then the kit must reuse one."""
-    kw = dict(recipe="cpu", smoke=True, data_dir=tmp_path / "d", progress=False)
+    kw = dict(recipe="cpu", smoke=True, **SMALL, data_dir=tmp_path / "d", progress=False)
     apart = train_or_load("student_scratch_baseline", ckpt_dir=tmp_path / "a", **kw)
     pretrained = train_or_load("student_pretrained_baseline", ckpt_dir=tmp_path / "b", **kw)
     assert pretrained.source == "trained"
@@ -94,7 +99,7 @@ def test_runs_without_imagenet_weights_are_twins_trained_once(tmp_path, monkeypa
 
 
 def test_a_twin_with_other_settings_is_not_reused(tmp_path, monkeypatch):
-    kw = dict(recipe="cpu", smoke=True, ckpt_dir=tmp_path, data_dir=tmp_path / "d", progress=False)
+    kw = dict(recipe="cpu", smoke=True, **SMALL, ckpt_dir=tmp_path, data_dir=tmp_path / "d", progress=False)
     train_or_load("student_pretrained_baseline", label_smoothing=0.0, **kw)
     trained = []
     real_fit = kresume.fit

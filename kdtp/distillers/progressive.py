@@ -2,7 +2,9 @@
 
 The model is its own teacher: at epoch ``t`` of ``T`` its targets are
 ``(1 - a_t) * onehot(y) + a_t * p_{t-1}(x)``, ``a_t = alpha_T * t / T``, where ``p_{t-1}`` is
-what the model itself predicted at the previous epoch. Early on it learns from labels;
+what the model itself predicted at the previous epoch. Here ``t`` counts epochs from 0 (the
+first epoch has no past and learns from the labels alone), so ``a_t`` reaches
+``alpha_T * (T-1)/T`` at the last epoch; the paper counts from 1 and reaches ``alpha_T``. Early on it learns from labels;
 later, more and more from its own softened past, which penalises over-confidence much as
 label smoothing does, but per example.
 

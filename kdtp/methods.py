@@ -1,0 +1,113 @@
+"""Every method of the course side by side: accuracy, cost of a training step, what it needs.
+
+``method_rows(results, recipe)`` gives one row per run: its title, its test accuracy with
+the test-set standard error, what it takes from its teacher (the method's
+``teacher_gives``) and the **measured** time of one training step relative to the
+labels-only baseline, timed here with ``torch.utils.benchmark`` on this machine (the
+seconds a checkpoint recorded were measured wherever it was trained, often elsewhere).
+``methods_figure(rows)`` draws them.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
+from torch.utils import benchmark
+
+from . import stats
+from .distillers import get_method
+from .plot_style import KD_COLOR, STUDENT_COLOR, TEACHER_COLOR, finish, is_smoke, short_name
+from .recipes import Recipe
+from .runs import build_network, build_strategy, get_run, recipe_of
+
+
+def step_seconds(name: str, recipe: Recipe, device: torch.device | str = "cpu", *,
+                 batch_size: int | None = None, min_run_time: float = 0.5) -> float:
+    """Median seconds of one training step (forward, loss, backward) of run ``name``.
+
+    Fresh networks of the run's architectures (the cost of a step does not depend on the
+    weights); teachers in eval mode without gradients, as in training. ``batch_size``:
+    default the recipe's.
+    """
+    device = torch.device(device)
+    spec = get_run(name)
+    run_recipe = recipe_of(spec, recipe)
+    batch = batch_size or run_recipe.batch_size
+    student = build_network(spec, recipe, device)
+    teachers = [build_network(get_run(t), recipe, device).eval() for t in spec.teachers]
+    strategy = build_strategy(spec, recipe, student, teachers).train()
+    strategy.start_epoch(1, 2)    # methods with an epoch-dependent target run their full step
+    x = torch.randn(batch, 3, run_recipe.image_size, run_recipe.image_size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step():
+        _, terms = strategy.training_step(x, y)
+        sum(terms.values()).backward()
+        strategy.zero_grad(set_to_none=True)
+
+    step()   # warm-up (allocations, oneDNN primitive selection)
+    timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
+    return float(timer.blocked_autorange(min_run_time=min_run_time).median)
+
+
+def method_rows(results: Mapping[str, Any], recipe: Recipe, *, baseline: str = "student_pretrained_baseline",
+                device: torch.device | str = "cpu", batch_size: int | None = None,
+                time_steps: bool = True) -> list[dict]:
+    """One row per run of ``results`` (name -> RunResult): accuracy, SE, cost, what it needs."""
+    if time_steps and baseline not in results:
+        raise ValueError(f"the cost of a step is relative to {baseline!r}: include it in results")
+    base_s = step_seconds(baseline, recipe, device, batch_size=batch_size) if time_steps else None
+    rows = []
+    for name, result in results.items():
+        spec = get_run(name)
+        n_test = (result.config.get("data_sizes") or {}).get("test")
+        seconds = (base_s if name == baseline else step_seconds(name, recipe, device, batch_size=batch_size)) \
+            if time_steps else None
+        rows.append({
+            "run": name, "title": result.title, "method": spec.method, "test_acc": result.test_acc,
+            "se": stats.binomial_se(result.test_acc, n_test) if n_test else None, "n_test": n_test,
+            "needs": "labels only" if spec.method == "baseline" and spec.role == "student"
+                     else get_method(spec.method).teacher_gives if spec.needs_teacher or spec.method != "baseline"
+                     else "labels (it is a teacher)",
+            "learns_from": ", ".join(spec.teachers) or "-",
+            "step_ms": None if seconds is None else 1000 * seconds,
+            "cost_vs_baseline": None if seconds is None else seconds / base_s,
+            "smoke": result.smoke, "recipe": result.recipe,
+        })
+    return rows
+
+
+def methods_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The rows as aligned text (smoke rows say so)."""
+    lines = [f"{'run':30} {'test acc':>16} {'step vs baseline':>17}  needs from its teacher"]
+    for r in rows:
+        acc = f"{r['test_acc']:.4f}" + (f" ± {r['se']:.4f}" if r.get("se") is not None else "")
+        cost = "-" if r.get("cost_vs_baseline") is None else f"{r['cost_vs_baseline']:.2f}x"
+        lines.append(f"{r['run']:30} {acc:>16} {cost:>17}  {r['needs']}{'  (smoke)' if r.get('smoke') else ''}")
+    return "\n".join(lines)
+
+
+def methods_figure(rows: Sequence[Mapping[str, Any]], smoke: bool | None = None,
+                   title: str = "Every method: accuracy (± 1 SE) and cost of a step") -> Figure:
+    """Accuracy bars with their standard error, each labelled with its step cost."""
+    smoke = is_smoke(list(rows), smoke)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(rows)), 4.4))
+    accs = [r["test_acc"] for r in rows]
+    errs = [r.get("se") or 0.0 for r in rows]
+    colors = [TEACHER_COLOR if get_run(r["run"]).role == "teacher" else
+              STUDENT_COLOR if r["method"] == "baseline" else KD_COLOR for r in rows]
+    ax.bar(range(len(rows)), accs, yerr=errs, color=colors, capsize=4)
+    for i, r in enumerate(rows):
+        if r.get("cost_vs_baseline") is not None:
+            ax.annotate(f"{r['cost_vs_baseline']:.1f}x", (i, accs[i] + errs[i]), ha="center",
+                        va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+    low, high = min(a - e for a, e in zip(accs, errs)), max(a + e for a, e in zip(accs, errs))
+    margin = max(0.2 * (high - low), 0.01)
+    ax.set(ylim=(max(0.0, low - margin), min(1.0, high + 2 * margin)),
+           ylabel="test accuracy (axis does not start at 0)")
+    ax.set_xticks(range(len(rows)), [short_name(r) for r in rows], fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    return finish(fig, title + "\n(labels over the bars: time of one training step / the baseline's)", smoke)
