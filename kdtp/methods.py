@@ -69,9 +69,7 @@ def method_rows(results: Mapping[str, Any], recipe: Recipe, *, baseline: str = "
         rows.append({
             "run": name, "title": result.title, "method": spec.method, "test_acc": result.test_acc,
             "se": stats.binomial_se(result.test_acc, n_test) if n_test else None, "n_test": n_test,
-            "needs": "labels only" if spec.method == "baseline" and spec.role == "student"
-                     else get_method(spec.method).teacher_gives if spec.needs_teacher or spec.method != "baseline"
-                     else "labels (it is a teacher)",
+            "needs": "labels only" if spec.method == "baseline" else get_method(spec.method).teacher_gives,
             "learns_from": ", ".join(spec.teachers) or "-",
             "step_ms": None if seconds is None else 1000 * seconds,
             "cost_vs_baseline": None if seconds is None else seconds / base_s,

@@ -232,6 +232,8 @@ def describe_gain(name_a: str, name_b: str, diff: Difference | Mapping[str, Any]
         how = f"{d['n']} seeds, paired"
     elif method == "binomial":
         how = "1 run each, test-set SE"
+    elif method == "same images":
+        how = f"1 run each, {d['n']} test images compared one by one"
     else:
         how = f"{d.get('n_a')} vs {d.get('n_b')} seeds, unpaired"
     sign = "+" if mean >= 0 else "-"

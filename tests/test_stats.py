@@ -181,3 +181,10 @@ def test_same_images_difference_is_the_mean_and_se_of_per_image_differences():
     assert d.se < unpaired_difference([0.80], [0.85], n_test=100).se      # pairing removes the shared part
     with pytest.raises(ValueError, match="same test images"):
         same_images_difference(a, b[:-1])
+
+
+def test_describe_gain_says_where_a_same_images_error_comes_from():
+    from kdtp.stats import describe_gain, same_images_difference
+    d = same_images_difference([True] * 80 + [False] * 20, [True] * 85 + [False] * 15)
+    text = describe_gain("baseline", "KD", d)
+    assert "100 test images compared one by one" in text and "unpaired" not in text
