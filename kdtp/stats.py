@@ -242,6 +242,22 @@ def describe_gain(name_a: str, name_b: str, diff: Difference | Mapping[str, Any]
             f"{verdict(mean, se, threshold)} (t={t_text})")
 
 
+def single_run_comparison(name_a: str, acc_a: float, name_b: str, acc_b: float,
+                          n_test: int) -> tuple[Difference, str]:
+    """``b - a`` for one run each on the same ``n_test`` test images, and what to print.
+
+    The text says which run is higher, whether the gap exceeds its standard error (test set
+    only, ``unpaired_difference``) and the verdict of ``describe_gain``: the notebooks' result
+    cells read the measured numbers through it instead of claiming a winner in prose.
+    """
+    diff = unpaired_difference([acc_a], [acc_b], n_test)
+    who = "equal accuracy" if diff.mean == 0 else f"{name_b if diff.mean > 0 else name_a} is higher"
+    beyond = "exceeds" if abs(diff.mean) > diff.se else "does not exceed"
+    text = (f"{name_b} - {name_a}: {100 * diff.mean:+.2f} points: {who}; the difference {beyond} its SE "
+            f"({100 * diff.se:.2f} points, test set of {n_test})\n    {describe_gain(name_a, name_b, diff)}")
+    return diff, text
+
+
 # ----------------------------------------------------------------------------- rows
 def by_run_and_seed(rows: Iterable[Mapping[str, Any]], key: str = "test_acc") -> dict[str, dict]:
     """``{run: {seed: row}}``, runs in order of first appearance.

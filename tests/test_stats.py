@@ -188,3 +188,13 @@ def test_describe_gain_says_where_a_same_images_error_comes_from():
     d = same_images_difference([True] * 80 + [False] * 20, [True] * 85 + [False] * 15)
     text = describe_gain("baseline", "KD", d)
     assert "100 test images compared one by one" in text and "unpaired" not in text
+
+
+def test_single_run_comparison_reads_the_numbers_it_is_given():
+    from kdtp.stats import binomial_se, single_run_comparison
+    diff, text = single_run_comparison("baseline", 0.80, "KD", 0.83, 10_000)
+    assert diff.mean == pytest.approx(0.03)
+    assert diff.se == pytest.approx((binomial_se(0.80, 10_000) ** 2 + binomial_se(0.83, 10_000) ** 2) ** 0.5)
+    assert "KD is higher" in text and "exceeds its SE" in text and "significant gain" in text
+    _, close = single_run_comparison("baseline", 0.800, "KD", 0.801, 10_000)
+    assert "does not exceed" in close and "within noise" in close
