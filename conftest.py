@@ -34,6 +34,17 @@ def _notebook_number(path) -> int | None:
     return int(name[:2]) if name.endswith(".ipynb") and name[:2].isdigit() else None
 
 
+@pytest.fixture
+def restore_run_registry():
+    """Runs declared by a test are gone after it (other tests see the kit's runs only)."""
+    from kdtp import runs
+
+    before = dict(runs.REGISTRY)
+    yield
+    runs.REGISTRY.clear()
+    runs.REGISTRY.update(before)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     """Before nbval starts a notebook's kernel (at its first cell), set the recipe it inherits;

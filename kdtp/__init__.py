@@ -16,7 +16,7 @@ from .losses import FeatureLoss, KDLoss  # noqa: E402
 from .models import build_model, count_parameters  # noqa: E402
 from .recipes import RECIPES, get_recipe  # noqa: E402
 from .runs import RUNS, Run  # noqa: E402
-from .course import COURSE_RUNS  # noqa: E402  (declares the runs of 07-09)
+from .course import COURSE_RUNS  # noqa: E402  (declares the runs of 07 onwards)
 from . import check  # noqa: E402  (kdtp.check.kd_loss(my_kd_loss) in the exercises)
 
 __all__ = ["RunResult", "train_or_load", "CLASSES", "load_cifar10", "banner", "mount_drive",

@@ -17,13 +17,15 @@ _RESNETS = {
     "resnet18": (tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1),
     "resnet50": (tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V2),
 }
-# small CNNs for CPU-only labs: base width -> widths (base, 2b, 4b, 8b)
-_CNN_WIDTH = {"cnn_large": 24, "cnn_small": 12, "cnn_tiny": 6}
-ARCHS = tuple(_RESNETS) + tuple(_CNN_WIDTH)
+# small CNNs for CPU-only labs: base width -> widths (base, 2b, 4b, 8b). The cnn_w<base> family
+# (11_student_size) adds widths around them, so students span more than 10x in parameters.
+_CNN_WIDTH = {"cnn_large": 24, "cnn_small": 12, "cnn_tiny": 6,
+              "cnn_w4": 4, "cnn_w8": 8, "cnn_w16": 16, "cnn_w32": 32}
+CNN_ARCHS = tuple(_CNN_WIDTH)
+ARCHS = tuple(_RESNETS) + CNN_ARCHS
 
 # the map distilled in feature KD: the last stage before pooling
-FEATURE_LAYER = {"resnet18": "layer4", "resnet50": "layer4",
-                 "cnn_large": "layer3", "cnn_small": "layer3", "cnn_tiny": "layer3"}
+FEATURE_LAYER = {**{arch: "layer4" for arch in _RESNETS}, **{arch: "layer3" for arch in CNN_ARCHS}}
 
 
 class WeightsUnavailableError(RuntimeError):

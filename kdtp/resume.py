@@ -102,7 +102,7 @@ def train_run(spec: Run, recipe: Recipe, config: dict, wanted: str, data, folder
     """Train ``spec`` (resuming its ``last`` file when there is one) and save the finished run."""
     precision = pick_precision(device)
     run_recipe = recipe_of(spec, recipe)
-    train_loader, val_loader, test_loader = loaders(data, run_recipe, device, seed=seed_of(spec, recipe))
+    train_loader, val_loader, test_loader = loaders(data, run_recipe, device, seed=seed_of(spec, run_recipe))
     epochs = config["epochs"]
     remove_stale_temps(folder, spec.name)
 

@@ -30,9 +30,15 @@ def reaching(direct) -> set[str]:
         hit |= more
 
 
-TEACHERS = reaching(lambda s: s.role == "teacher")
-STUDENTS = reaching(lambda s: s.role == "student")
 PRETRAINED = reaching(lambda s: s.pretrained)
+
+
+def role_setting(role: str, setting: str) -> set[str]:
+    """Runs of ``role`` that read the recipe's ``setting`` (a run's own override of it, or for
+    the architecture an explicit ``arch=``, shields it), and every run that depends on one."""
+    arch_field = setting in ("teacher_arch", "student_arch")
+    return reaching(lambda s: s.role == role and setting not in s.overrides
+                    and not (arch_field and s.arch is not None))
 
 
 def using(setting: str) -> set[str]:
@@ -49,12 +55,11 @@ SCOPE = {
     "train_subset": ALL, "val_subset": ALL, "test_subset": ALL, "synthetic": ALL, "smoke": ALL,
     "tta_flip": ALL, "normalization": ALL,
     "pretrained": PRETRAINED,        # scratch runs (and runs learning only from them) never use ImageNet
-    "teacher_arch": TEACHERS, "teacher_lr": TEACHERS, "teacher_epochs": TEACHERS,
-    "teacher_label_smoothing": TEACHERS, "teacher_seed": TEACHERS,
-    "student_arch": STUDENTS, "lr": STUDENTS, "epochs": STUDENTS, "label_smoothing": STUDENTS,
-    "seed": STUDENTS,
+    **{k: role_setting("teacher", k) for k in ("teacher_arch", "teacher_lr", "teacher_epochs",
+                                                "teacher_label_smoothing", "teacher_seed")},
+    **{k: role_setting("student", k) for k in ("student_arch", "lr", "epochs", "label_smoothing", "seed")},
     **{k: using(k) for k in ("temperature", "alpha", "feature_weight", "attention_weight",
-                             "rkd_distance_weight", "rkd_angle_weight", "pskd_alpha")},
+                             "rkd_distance_weight", "rkd_angle_weight", "rkd_group_size", "pskd_alpha")},
 }
 assert SCOPE["feature_weight"] == {"student_pretrained_kd_features"}
 assert {"student_scratch_baseline", "born_again_gen1", "student_ps_kd"}.isdisjoint(SCOPE["pretrained"])

@@ -79,6 +79,47 @@ def test_relation_kd_matches_park_et_al_on_normalised_embeddings_values_and_grad
     assert torch.allclose(g_ours.double(), g_ref, rtol=1e-3, atol=1e-6)
 
 
+def test_relation_groups_cover_the_batch_and_never_leave_a_lone_example():
+    from kdtp.distillers.relations import relation_groups
+    assert relation_groups(512, 128) == [slice(0, 128), slice(128, 256), slice(256, 384), slice(384, 512)]
+    assert relation_groups(9, 4) == [slice(0, 4), slice(4, 9)]      # 1 left over: joins the last group
+    assert relation_groups(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert relation_groups(7, 0) == relation_groups(7, 7) == relation_groups(7, 64) == [slice(0, 7)]
+
+
+def test_relation_kd_in_groups_is_the_size_weighted_mean_of_the_paper_loss_per_group():
+    student, teacher = _pair()
+    x, y = _batch(11)
+    method = RelationKD(student, teacher, "cnn_tiny", "cnn_small", distance_weight=25.0, angle_weight=50.0,
+                        group_size=4)
+    method.eval()
+    _, terms = method.training_step(x, y)
+    s_emb = feature_tap(student, ["pool"])(x)["pool"].double()
+    t_emb = feature_tap(teacher, ["pool"])(x)["pool"].double()
+    s_n, t_n = s_emb / s_emb.norm(dim=1, keepdim=True), t_emb / t_emb.norm(dim=1, keepdim=True)
+    want_d = want_a = 0.0
+    for a, b in ((0, 4), (4, 8), (8, 11)):      # groups of 4, 4 and 3 examples
+        d, ang = ref.rkd_terms(s_n[a:b], t_n[a:b])
+        want_d, want_a = want_d + (b - a) / 11 * d, want_a + (b - a) / 11 * ang
+    assert torch.allclose(terms["rkd_distance"].double(), 25 * want_d, rtol=1e-4)
+    assert torch.allclose(terms["rkd_angle"].double(), 50 * want_a, rtol=1e-4)
+    whole = RelationKD(student, teacher, "cnn_tiny", "cnn_small", distance_weight=25.0, angle_weight=50.0,
+                       group_size=0).eval()
+    assert not torch.allclose(whole.training_step(x, y)[1]["rkd_angle"], terms["rkd_angle"])
+
+
+def test_rkd_group_size_is_a_checked_setting_of_the_relations_run_only():
+    import kdtp
+    from kdtp.env import ConfigError
+    recipe = kdtp.get_recipe("cpu")
+    assert recipe.rkd_group_size == 128
+    with pytest.raises(ConfigError, match="rkd_group_size"):
+        kdtp.get_recipe("cpu", rkd_group_size=1)
+    rkd = kdtp.runs.training_settings(kdtp.runs.get_run("student_kd_relations"), recipe)
+    kd = kdtp.runs.training_settings(kdtp.runs.get_run("student_pretrained_kd_logits"), recipe)
+    assert rkd["rkd_group_size"] == 128 and "rkd_group_size" not in kd
+
+
 def test_ps_kd_targets_are_labels_then_a_growing_share_of_the_previous_epoch():
     torch.manual_seed(0)
     student = build_model("cnn_tiny")

@@ -22,13 +22,7 @@ from kdtp.store import config_hash
 FIXTURE = Path(__file__).parent / "fixtures" / "run_configs_v1.json"
 
 
-@pytest.fixture(autouse=True)
-def _registry_as_before():
-    """Runs declared by a test are gone after it (other tests see the lab's runs only)."""
-    before = dict(runs.REGISTRY)
-    yield
-    runs.REGISTRY.clear()
-    runs.REGISTRY.update(before)
+pytestmark = pytest.mark.usefixtures("restore_run_registry")   # conftest.py
 
 
 class StubData:

@@ -13,6 +13,9 @@ from .features import FeatureKD
 from .attention import AttentionKD
 from .relations import RelationKD
 from .progressive import ProgressiveSelfKD
+from .multi_teacher import ConfidenceMultiTeacherKD, MultiTeacherKD
+from .prune_finetune import PrunedKD, pruned_kd
+from .lowrank_finetune import LowRankKD, lowrank_kd
 
 __all__ = ["METHODS", "Strategy", "Teacher", "WithTeacher", "WithTaps", "get_method", "register",
            "Baseline", "LogitKD", "FeatureKD", "AttentionKD", "RelationKD", "ProgressiveSelfKD"]

@@ -142,6 +142,14 @@ class WithTaps(WithTeacher):
         return self.student_tap(x), t_out
 
 
+def whole_percent(fraction: float, what: str, example: str) -> int:
+    """``fraction`` (0.8) as a whole percentage (80), for a method variant named by it."""
+    percent = round(100 * fraction)
+    if not 0 < percent < 100 or abs(100 * fraction - percent) > 1e-9:
+        raise ConfigError(f"{what} {fraction!r}: give a whole percentage between 1% and 99% ({example})")
+    return percent
+
+
 def freeze(model: nn.Module) -> nn.Module:
     """Eval mode and no gradients: a teacher is read, never trained."""
     model.eval()
