@@ -10,6 +10,19 @@ import tempfile
 
 import pytest
 
+# pytest-xdist runs the suite on two workers (pyproject's addopts: ``-n 2 --dist loadscope``,
+# so every cell of one notebook runs in order on one worker, in one kernel). Each worker gets
+# its share of the cores before torch is imported: two workers with a thread per core each
+# would make OpenMP's spinning threads fight over the two cores (measured: 2-5x slower).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    _threads = str(max(1, (os.cpu_count() or 1) // max(1, _workers)))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = _threads
+
+# the controller's folders; workers (and the notebook kernels they start) inherit them, so a
+# teacher trained by one notebook is loaded by the next wherever it runs (issue 15's lock makes
+# two workers asking for one run train it once)
 _session_dir = tempfile.mkdtemp(prefix="kdtp-tests-")
 os.environ["KDTP_SMOKE"] = "1"
 os.environ.setdefault("KDTP_CKPT_DIR", os.path.join(_session_dir, "checkpoints"))
@@ -56,8 +69,16 @@ def pytest_runtest_setup(item):
         os.environ.pop("KDTP_RECIPE", None)
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Notebooks first, in their order, then the unit tests: the notebooks are the longest
+    scopes and a chain (01's teacher serves 03 and 04), so under xdist they start at once on
+    both workers and the short unit-test modules fill the gaps at the end."""
+    items.sort(key=lambda item: _notebook_number(getattr(item, "path", None) or item.fspath) is None)
+
+
 def pytest_unconfigure(config):
     """Remove the session's throw-away folders (checkpoints, data, figures) at the end."""
     import shutil
 
-    shutil.rmtree(_session_dir, ignore_errors=True)
+    if not hasattr(config, "workerinput"):         # the controller's folder, once, at the end
+        shutil.rmtree(_session_dir, ignore_errors=True)
