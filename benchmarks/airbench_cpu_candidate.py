@@ -32,14 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kdtp.data import read_cifar_folder, split_indices
-
-MEAN = torch.tensor((0.4914, 0.4822, 0.4465)).view(1, 3, 1, 1)
-STD = torch.tensor((0.2470, 0.2435, 0.2616)).view(1, 3, 1, 1)
-
-
-def normalise(x: torch.Tensor) -> torch.Tensor:
-    return (x.float() / 255 - MEAN) / STD
+from kdtp.data import normalize, read_cifar_folder, split_indices
 
 
 class BatchNorm(nn.BatchNorm2d):
@@ -132,7 +125,7 @@ def main() -> None:
         teacher = make_net(a.teacher_widths)
         teacher.load_state_dict(torch.load(a.teacher))
         teacher.eval().requires_grad_(False)
-    init_whitening(net[0], normalise(xtr[:5000]))
+    init_whitening(net[0], normalize(xtr[:5000]))
 
     bs, momentum = a.batch, 0.85
     kilostep = 1024 * (1 + 1 / (1 - momentum))
@@ -163,7 +156,7 @@ def main() -> None:
 
     ce = nn.CrossEntropyLoss(label_smoothing=a.label_smoothing, reduction="none")
     g = torch.Generator().manual_seed(a.seed)
-    x_all = normalise(xtr)
+    x_all = normalize(xtr)
     flip = torch.rand(len(x_all), generator=g) < 0.5
     x_all = torch.where(flip.view(-1, 1, 1, 1), x_all.flip(-1), x_all)
     padded = F.pad(x_all, (2,) * 4, "reflect")
@@ -177,7 +170,7 @@ def main() -> None:
                 out[m] = imgs[m, :, 2 + sy:34 + sy, 2 + sx:34 + sx]
         return out
 
-    x_test = normalise(xte)
+    x_test = normalize(xte)
     correct: dict[int, torch.Tensor] = {}
 
     def test_accuracy(level: int) -> float:
