@@ -69,6 +69,31 @@ def pytest_runtest_setup(item):
         os.environ.pop("KDTP_RECIPE", None)
 
 
+def pytest_addoption(parser, pluginmanager):
+    """pyproject's addopts ask pytest-xdist for two workers (``-n 2 --dist loadscope
+    --no-loadscope-reorder``). Where xdist is missing (an environment set up by hand, or
+    ``-p no:xdist``), pytest would stop at once with "unrecognized arguments: -n" and no hint;
+    accept those options instead and run the suite in one process (``pytest_configure`` says so
+    and what to install)."""
+    if pluginmanager.hasplugin("xdist"):            # installed and active: its own options stand
+        return
+    group = parser.getgroup("kdtp", "kdtp: stand-ins for pytest-xdist's options when it is absent")
+    group._addoption("-n", "--numprocesses", dest="numprocesses", default=None,
+                     help="ignored: pytest-xdist is not installed")
+    group._addoption("--dist", dest="dist", default="no", help="ignored: pytest-xdist is not installed")
+    group._addoption("--no-loadscope-reorder", dest="loadscopereorder", action="store_false",
+                     help="ignored: pytest-xdist is not installed")
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist") or config.getoption("numprocesses", None) in (None, 0, "0"):
+        return
+    config.issue_config_time_warning(pytest.PytestConfigWarning(
+        "pytest-xdist is not installed (or disabled with -p no:xdist), so the suite runs in one process, "
+        "about twice as slow on two cores. To run it on two workers as CI does: "
+        "python -m pip install -r requirements.txt"), stacklevel=2)
+
+
 def pytest_collection_modifyitems(session, config, items):
     """Notebooks first, in their order, then the unit tests: the notebooks are the longest
     scopes and a chain (01's teacher serves 03 and 04), so under xdist they start at once on

@@ -112,6 +112,7 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--save", default="", help="save the trained network here")
     p.add_argument("--out", default="/tmp/exp", help="folder for the per-image correctness file")
+    p.add_argument("--tag", default="", help="appended to the correctness file's name, to keep variants apart")
     a = p.parse_args()
 
     torch.manual_seed(a.seed)
@@ -228,7 +229,7 @@ def main() -> None:
           f"total {time.time() - t0:.1f}s", flush=True)
     if a.save:
         torch.save(net.state_dict(), a.save)
-    kind = "kd" if a.teacher else "labels"
+    kind = ("kd" if a.teacher else "labels") + (f"_{a.tag}" if a.tag else "")
     out = Path(a.out) / f"correct_{a.widths.replace(',', '-')}_seed{a.seed}_{kind}.pt"
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.clone() for k, v in correct.items()}, out)

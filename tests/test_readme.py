@@ -22,3 +22,20 @@ def test_ci_runs_the_readme_test_command():
     _, tests = _readme_commands()
     ci_lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert tests in ci_lines
+
+
+def test_suite_runs_without_pytest_xdist_and_says_what_to_install():
+    """pyproject's addopts carry xdist's ``-n 2``: without the plugin the suite must still run (one
+    process) and say how to get the two workers, not stop at 'unrecognized arguments: -n'."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:xdist", "-q", "-W", "default",
+         "tests/test_stats.py::test_binomial_se_by_hand"],
+        cwd=root, capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "1 passed" in out
+    assert "pytest-xdist is not installed" in out and "pip install -r requirements.txt" in out
