@@ -30,11 +30,10 @@ def test_suite_runs_without_pytest_xdist_and_says_what_to_install():
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:xdist", "-q", "-W", "default",
          "tests/test_stats.py::test_binomial_se_by_hand"],
-        cwd=root, capture_output=True, text=True, timeout=300)
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     assert "1 passed" in out

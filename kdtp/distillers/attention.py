@@ -25,8 +25,8 @@ class AttentionKD(WithTaps):
     ``beta`` is the recipe's ``attention_weight``: 1000, the authors' value with their
     ``at_loss`` (the mean of squared differences of the normalised maps), which
     ``AttentionTransferLoss`` computes; 250 in the ``cpu`` recipe, whose maps have 4x fewer
-    positions than the authors' (that mean grows as 1/positions; measured in RESULTS.md). The paper's AT+KD result on CIFAR (their Table 2)
-    adds AT to KD the same way.
+    positions than the authors' (that mean grows as 1/positions; measured in RESULTS.md).
+    The paper's AT+KD result on CIFAR (their Table 2) adds AT to KD the same way.
     """
 
     name = "kd_attention"
