@@ -16,6 +16,8 @@ split (`kdtp.data.split_indices`) and reports the 10,000 test images, as the kit
     python benchmarks/airbench_cpu_candidate.py --data-dir /tmp/real --widths 16,48,64 \\
         --teacher /tmp/exp/teacher.pt                                   # logit KD, same seed and batches
 
+    python benchmarks/airbench_cpu_candidate.py --project-lab                   # step times -> lab time
+
 Each run prints its epoch times and accuracies, and writes which test images it got right
 (`--out`), so two runs of one seed can be compared on the same images
 (`kdtp.stats.same_images_difference`). Not part of the kit: a measurement, kept so the figures
@@ -97,9 +99,82 @@ def init_whitening(conv: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) -> 
     conv.weight.data[:] = torch.cat((scaled, -scaled))
 
 
+def project_lab(teacher_widths: str, student_widths: str, batch: int, epochs: float, steps: int,
+                temperature: float, alpha: float) -> None:
+    """The candidate's core lab (teacher, labels-only student, logit KD, logits + a feature hint),
+    projected from timed training steps, as ``benchmarks/cpu_lab_time.py`` does for a kit recipe.
+
+    Run both scripts back to back on one machine: their ratio is a same-machine comparison,
+    which a wall-clock time on a shared VM is not. The feature-KD run is the KD step plus a
+    hint on the second block's output through a 1x1 adapter (the kit's 04 uses one stage);
+    the candidate has no feature-KD run of its own yet, so this is its cost, not its recipe.
+    """
+    import os
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), generator=g)
+    teacher = make_net(teacher_widths).eval().requires_grad_(False)
+    ce = nn.CrossEntropyLoss(label_smoothing=0.2)
+    steps_per_epoch, n_val, n_test = 45_000 // batch, 5_000, 10_000
+    print(f"load {os.getloadavg()[0]:.2f}, {torch.get_num_threads()} threads, batch {batch}, "
+          f"{steps} timed steps after 2 warm-up steps", flush=True)
+
+    def time_run(name: str, widths: str, kind: str) -> float:
+        net = make_net(widths)
+        params = [q for q in net.parameters() if q.requires_grad]
+        feats: dict[str, torch.Tensor] = {}
+        adapter = None
+        if kind == "features":
+            net[3].register_forward_hook(lambda m, i, o: feats.__setitem__("s", o))
+            teacher[3].register_forward_hook(lambda m, i, o: feats.__setitem__("t", o))
+            adapter = nn.Conv2d(net[3].conv2.out_channels, teacher[3].conv2.out_channels, 1)
+            params += list(adapter.parameters())
+        opt = torch.optim.SGD(params, lr=1e-3, momentum=0.85, nesterov=True)
+
+        def step() -> None:
+            out = net(x)
+            if kind == "labels":
+                loss = ce(out, y)
+            else:
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                kl = F.kl_div(F.log_softmax(out / temperature, 1), F.log_softmax(t_logits / temperature, 1),
+                              reduction="batchmean", log_target=True)
+                loss = alpha * ce(out, y) + (1 - alpha) * temperature ** 2 * kl
+                if adapter is not None:
+                    loss = loss + F.mse_loss(adapter(feats["s"]), feats["t"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        for _ in range(2):
+            step()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        per_step = (time.perf_counter() - t0) / steps
+        net.eval()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            net(x)
+            net(x.flip(-1))                        # flip TTA, as the kit evaluates
+        per_image = (time.perf_counter() - t0) / batch
+        seconds = math.ceil(epochs) * (steps_per_epoch * per_step + n_val * per_image) + n_test * per_image
+        print(f"  {name:34s} {per_step * 1000:7.0f} ms/step {batch / per_step:6.0f} img/s "
+              f"-> {epochs:g} epochs {seconds / 60:5.1f} min", flush=True)
+        return seconds
+
+    total = time_run(f"teacher {teacher_widths}", teacher_widths, "labels")
+    total += time_run(f"student {student_widths}, labels only", student_widths, "labels")
+    total += time_run(f"student {student_widths}, logit KD", student_widths, "kd")
+    total += time_run(f"student {student_widths}, logits + features", student_widths, "features")
+    print(f"  projected core lab: {total / 60:.1f} min (load after {os.getloadavg()[0]:.2f})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py")
+    p.add_argument("--data-dir", default="", help="folder holding cifar-10-batches-py")
     p.add_argument("--widths", default="32,128,128")
     p.add_argument("--epochs", type=float, default=6)
     p.add_argument("--batch", type=int, default=1024)
@@ -113,8 +188,17 @@ def main() -> None:
     p.add_argument("--save", default="", help="save the trained network here")
     p.add_argument("--out", default="/tmp/exp", help="folder for the per-image correctness file")
     p.add_argument("--tag", default="", help="appended to the correctness file's name, to keep variants apart")
+    p.add_argument("--project-lab", action="store_true",
+                   help="time training steps and project the core lab's time instead of training")
+    p.add_argument("--student-widths", default="16,48,64", help="with --project-lab")
+    p.add_argument("--steps", type=int, default=8, help="timed steps per run, with --project-lab")
     a = p.parse_args()
+    if a.project_lab:
+        project_lab(a.teacher_widths, a.student_widths, a.batch, a.epochs, a.steps, a.temperature, a.alpha)
+        return
 
+    if not a.data_dir:
+        p.error("--data-dir is required to train (the folder holding cifar-10-batches-py)")
     torch.manual_seed(a.seed)
     xtr, ytr, xte, yte = read_cifar_folder(Path(a.data_dir) / "cifar-10-batches-py")
     train_idx, _ = split_indices(len(xtr))

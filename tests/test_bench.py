@@ -45,3 +45,52 @@ def test_bench_missing_data_dir_is_a_one_line_error(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "CIFAR-10" in proc.stderr
+
+
+def _candidate(monkeypatch=None, argv=()):
+    """benchmarks/airbench_cpu_candidate.py as a module (it is a script, not part of kdtp)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "airbench_cpu_candidate.py"
+    spec = importlib.util.spec_from_file_location("airbench_cpu_candidate", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if monkeypatch is not None:
+        monkeypatch.setattr(sys, "argv", [str(path), *argv])
+    return module
+
+
+def test_airbench_candidate_projects_a_lab_from_timed_steps(monkeypatch, capsys):
+    """The projection behind RESULTS.md's part-4 lab-time figures runs, for all four trainings."""
+    candidate = _candidate(monkeypatch, ["--project-lab", "--batch", "16", "--steps", "1",
+                                         "--teacher-widths", "8,16,16", "--student-widths", "4,8,8"])
+    candidate.main()
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if "ms/step" in line]
+    assert [r.split()[0] for r in rows] == ["teacher", "student", "student", "student"]
+    assert "logits + features" in rows[3]
+    assert "projected core lab:" in out
+
+
+def test_airbench_candidate_training_needs_a_data_dir(monkeypatch, capsys):
+    candidate = _candidate(monkeypatch, [])
+    with pytest.raises(SystemExit) as stop:
+        candidate.main()
+    assert stop.value.code == 2 and "--data-dir is required" in capsys.readouterr().err
+
+
+def test_airbench_whitening_makes_patch_covariance_the_identity():
+    """The frozen first layer whitens 2x2 patches: their covariance after it is ~I (airbench)."""
+    import torch
+
+    candidate = _candidate()
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(200, 3, 32, 32, generator=g)
+    images = images + 0.8 * images.roll(1, dims=3)          # correlated neighbouring pixels
+    conv = torch.nn.Conv2d(3, 24, 2, bias=False)
+    candidate.init_whitening(conv, images, eps=0.0)
+    with torch.no_grad():
+        out = conv(images)[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)
+    cov = out.T @ out / len(out)
+    assert torch.allclose(cov, torch.eye(12), atol=1e-3)
