@@ -78,6 +78,14 @@ class Scale(nn.Module):
         return x * self.k
 
 
+def widths_arg(text: str) -> str:
+    """argparse type: three positive channel counts, e.g. ``32,128,128``."""
+    parts = text.split(",")
+    if len(parts) != 3 or not all(v.strip().isdigit() and int(v) > 0 for v in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give three positive channel counts, e.g. 32,128,128")
+    return text
+
+
 def make_net(widths: str) -> nn.Sequential:
     w = [int(v) for v in widths.split(",")]
     net = nn.Sequential(Conv(3, 24, 2, padding=0, bias=True), nn.GELU(), Block(24, w[0]), Block(w[0], w[1]),
@@ -175,14 +183,14 @@ def project_lab(teacher_widths: str, student_widths: str, batch: int, epochs: fl
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default="", help="folder holding cifar-10-batches-py")
-    p.add_argument("--widths", default="32,128,128")
+    p.add_argument("--widths", default="32,128,128", type=widths_arg)
     p.add_argument("--epochs", type=float, default=6)
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--lr", type=float, default=11.5, help="per 1024 examples, decoupled (airbench)")
     p.add_argument("--label-smoothing", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--teacher", default="", help="a saved teacher: train the student with logit KD")
-    p.add_argument("--teacher-widths", default="32,128,128")
+    p.add_argument("--teacher-widths", default="32,128,128", type=widths_arg)
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the hard-label loss in KD")
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--save", default="", help="save the trained network here")
@@ -190,7 +198,7 @@ def main() -> None:
     p.add_argument("--tag", default="", help="appended to the correctness file's name, to keep variants apart")
     p.add_argument("--project-lab", action="store_true",
                    help="time training steps and project the core lab's time instead of training")
-    p.add_argument("--student-widths", default="16,48,64", help="with --project-lab")
+    p.add_argument("--student-widths", default="16,48,64", type=widths_arg, help="with --project-lab")
     p.add_argument("--steps", type=int, default=8, help="timed steps per run, with --project-lab")
     a = p.parse_args()
     if a.project_lab:

@@ -94,3 +94,10 @@ def test_airbench_whitening_makes_patch_covariance_the_identity():
         out = conv(images)[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)
     cov = out.T @ out / len(out)
     assert torch.allclose(cov, torch.eye(12), atol=1e-3)
+
+
+def test_airbench_candidate_refuses_malformed_widths(monkeypatch, capsys):
+    candidate = _candidate(monkeypatch, ["--project-lab", "--student-widths", "16,48"])
+    with pytest.raises(SystemExit) as stop:
+        candidate.main()
+    assert stop.value.code == 2 and "three positive channel counts" in capsys.readouterr().err
