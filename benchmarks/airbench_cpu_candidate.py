@@ -21,7 +21,12 @@ split (`kdtp.data.split_indices`) and reports the 10,000 test images, as the kit
 Each run prints its epoch times and accuracies, and writes which test images it got right
 (`--out`), so two runs of one seed can be compared on the same images
 (`kdtp.stats.same_images_difference`). Not part of the kit: a measurement, kept so the figures
-in benchmarks/RESULTS.md can be reproduced.
+in benchmarks/RESULTS.md can be reproduced. Since 2026-12-02 the kit's `cpu_air` recipe is this
+candidate (`kdtp.models.AirbenchCNN`, `kdtp.train.LookaheadSGD`, `norm_bias_groups`, the
+"airbench" schedule and augmentation); tests/test_airbench.py checks the kit's network against
+`make_net` here, function and gradients. Where the kit differs: its whitening bias trains in
+every epoch (here: the first 3), it keeps the epoch best on validation (here: the last), and
+its batches come from its own seeded loader.
 """
 from __future__ import annotations
 

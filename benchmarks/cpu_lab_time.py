@@ -26,7 +26,7 @@ from kdtp.data import DeviceLoader, load_cifar10, write_synthetic_cifar10
 from kdtp.env import pick_device, pick_precision
 from kdtp.recipes import get_recipe
 from kdtp.runs import RUNS, TEACHER, build_network, build_strategy, trains_the_same
-from kdtp.train import evaluate, fit, make_optimizer, make_scheduler
+from kdtp.train import evaluate, fit, make_optimizer, make_scheduler, norm_bias_groups
 
 TRAIN, VAL, TEST = 45_000, 5_000, 10_000
 
@@ -59,12 +59,13 @@ def main(argv=None) -> int:
         model = build_network(spec, recipe, device)
         strategy = build_strategy(spec, recipe, model, teacher if spec.needs_teacher else None)
         train = TimedLoader(data.train_x[:n], data.train_y[:n], recipe.batch_size, train=True,
-                            device=device, image_size=recipe.image_size)
+                            device=device, image_size=recipe.image_size, augmentation=recipe.augmentation)
         train.warmup = 2
         val = DeviceLoader(data.val_x[:500], data.val_y[:500], 500, train=False, device=device,
                            image_size=recipe.image_size)
-        opt = make_optimizer([q for q in strategy.parameters() if q.requires_grad], recipe.optimizer,
-                             recipe.lr, recipe.weight_decay, recipe.momentum)
+        groups = norm_bias_groups(strategy, recipe.lr, recipe.weight_decay, recipe.norm_bias_lr_scale)
+        opt = make_optimizer(groups, recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum,
+                             lookahead_model=model if recipe.lookahead else None, total_steps=len(train))
         sched = make_scheduler(opt, recipe.schedule, max(len(train), 10), recipe.warmup_fraction)
         fit(strategy, train, val, optimizer=opt, scheduler=sched, epochs=1, precision=precision,
             progress=False)

@@ -266,6 +266,32 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.
     return out.permute(0, 3, 1, 2)
 
 
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices past either edge mirrored back inside (reflect padding: -1 -> 1, size -> size-2)."""
+    index = index.abs()
+    return torch.where(index > size - 1, 2 * (size - 1) - index, index)
+
+
+def translate(x: torch.Tensor, generator: torch.Generator, flip: torch.Tensor, pad: int = 2) -> torch.Tensor:
+    """airbench's augmentation on a uint8 batch: each image shifted by -pad..pad pixels in
+    each direction with reflect padding, and mirrored where ``flip`` is True (the caller
+    decides the flips: ``DeviceLoader`` alternates them by epoch). One gather, as ``augment``."""
+    b, _, h, w = x.shape
+    dev = x.device
+    dy = torch.randint(-pad, pad + 1, (b,), device=dev, generator=generator)
+    dx = torch.randint(-pad, pad + 1, (b,), device=dev, generator=generator)
+    rows = _reflect(dy[:, None] + torch.arange(h, device=dev), h)[:, :, None]      # B,H,1
+    cols = _reflect(dx[:, None] + torch.arange(w, device=dev), w)[:, None, :]      # B,1,W
+    # the crop of the mirrored image reads column w-1-c where the plain one reads c
+    cols = torch.where(flip.to(dev)[:, None, None], (w - 1) - cols, cols)
+    idx_b = torch.arange(b, device=dev)[:, None, None]
+    out = x.permute(0, 2, 3, 1)[idx_b, rows, cols]                                  # B,H,W,C
+    return out.permute(0, 3, 1, 2)
+
+
+AUGMENTATIONS = ("crop", "airbench")
+
+
 def normalize(x: torch.Tensor, image_size: int = 32, normalization: str = "cifar10") -> torch.Tensor:
     """uint8 batch -> normalised float batch, resized if the recipe asks for more pixels.
 
@@ -294,7 +320,8 @@ class DeviceLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
                  train: bool, device: torch.device | str = "cpu", image_size: int = 32,
-                 seed: int = 0, drop_last: bool | None = None, normalization: str = "cifar10"):
+                 seed: int = 0, drop_last: bool | None = None, normalization: str = "cifar10",
+                 augmentation: str = "crop"):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
@@ -307,6 +334,12 @@ class DeviceLoader:
             raise ValueError(f"normalization={normalization!r} is unknown; choose one of: "
                              f"{', '.join(NORMALIZATIONS)}")
         self.normalization = normalization
+        if augmentation not in AUGMENTATIONS:
+            raise ValueError(f"augmentation={augmentation!r} is unknown; choose one of: {', '.join(AUGMENTATIONS)}")
+        # "crop": pad 4 and crop, random flip (torchvision's classic pair). "airbench": translate
+        # by up to 2 pixels, and alternating flip: each image gets a fixed random flip, mirrored
+        # every other epoch, so consecutive epochs see both sides (Jordan, airbench, 2024)
+        self.augmentation = augmentation
         self.seed = seed
         self.drop_last = train if drop_last is None else drop_last
         if self.drop_last and len(self.labels) < batch_size:
@@ -315,6 +348,14 @@ class DeviceLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def base_flips(self) -> torch.Tensor:
+        """Each image's flip at even epochs (the "airbench" augmentation), from the seed alone,
+        so a resumed run flips as an uninterrupted one."""
+        if getattr(self, "_base_flips", None) is None:
+            gen = torch.Generator(device=self.device).manual_seed(self.seed * 100_003 - 1)
+            self._base_flips = torch.rand(len(self.labels), device=self.device, generator=gen) < 0.5
+        return self._base_flips
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -328,6 +369,8 @@ class DeviceLoader:
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.images[idx]
-            if self.train:
+            if self.train and self.augmentation == "airbench":
+                x = translate(x, gen, self.base_flips()[idx] ^ bool(self.epoch % 2))
+            elif self.train:
                 x = augment(x, gen)
             yield normalize(x, self.image_size, self.normalization), self.labels[idx]

@@ -22,10 +22,16 @@ _RESNETS = {
 _CNN_WIDTH = {"cnn_large": 24, "cnn_small": 12, "cnn_tiny": 6,
               "cnn_w4": 4, "cnn_w8": 8, "cnn_w16": 16, "cnn_w32": 32}
 CNN_ARCHS = tuple(_CNN_WIDTH)
-ARCHS = tuple(_RESNETS) + CNN_ARCHS
+# airbench-style CNNs (the `cpu` recipe's teacher and student): widths of the three blocks
+_AIR_WIDTHS = {"air_large": (32, 128, 128), "air_small": (16, 48, 64),
+               "air_w4": (4, 12, 16), "air_w8": (8, 24, 32), "air_w24": (24, 72, 96)}
+AIR_ARCHS = tuple(_AIR_WIDTHS)
+# every plain CNN of the kit: stages layer1..layer3, a "pool" embedding, an "fc" classifier
+PLAIN_CNN_ARCHS = CNN_ARCHS + AIR_ARCHS
+ARCHS = tuple(_RESNETS) + PLAIN_CNN_ARCHS
 
 # the map distilled in feature KD: the last stage before pooling
-FEATURE_LAYER = {**{arch: "layer4" for arch in _RESNETS}, **{arch: "layer3" for arch in CNN_ARCHS}}
+FEATURE_LAYER = {**{arch: "layer4" for arch in _RESNETS}, **{arch: "layer3" for arch in PLAIN_CNN_ARCHS}}
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -59,6 +65,81 @@ class SmallCNN(nn.Sequential):
         self.fc = nn.Linear(w[3], num_classes)
 
 
+class Scale(nn.Module):
+    """Multiplies by a constant: airbench's logit temperature, placed before the (bias-free)
+    classifier, where it gives the same function and gradients as after it."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def _air_conv(c_in: int, c_out: int) -> nn.Conv2d:
+    """3x3 conv whose first ``c_in`` filters start as the identity (airbench's dirac init):
+    a fresh network passes its input through, and trains faster in a few epochs."""
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    torch.nn.init.dirac_(conv.weight.data[:c_in])
+    return conv
+
+
+def _air_norm(channels: int) -> nn.BatchNorm2d:
+    """airbench's BatchNorm: a shift but no trained scale, fast running statistics."""
+    norm = nn.BatchNorm2d(channels, eps=1e-12, momentum=0.4)
+    norm.weight.requires_grad_(False)
+    return norm
+
+
+class AirbenchCNN(nn.Sequential):
+    """Keller Jordan's airbench94 network (github.com/KellerJordan/cifar10-airbench), narrowed.
+
+    A frozen 2x2 "whitening" convolution (``init_whitening``: the eigenvectors of the training
+    images' 2x2 patch covariance), then three conv-pool-BN-GELU-conv-BN-GELU blocks, global
+    max pool and a bias-free linear classifier whose logits are scaled by 1/9. Stages are
+    named as in ``SmallCNN`` (``stem``, ``layer1``..``layer3``, ``pool``, ``fc``), so feature
+    taps, attention transfer, relations and channel pruning read both the same way.
+    """
+
+    WHITENING_IMAGES = 5000   # training images the whitening filters are estimated from (airbench)
+
+    def __init__(self, widths: tuple[int, int, int], num_classes: int = 10):
+        super().__init__()
+        whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
+        whiten.weight.requires_grad_(False)
+        nn.init.zeros_(whiten.bias)
+        self.stem = nn.Sequential(whiten, nn.GELU())
+        c_in = 24
+        for i, c_out in enumerate(widths):
+            self.add_module(f"layer{i + 1}", nn.Sequential(
+                _air_conv(c_in, c_out), nn.MaxPool2d(2), _air_norm(c_out), nn.GELU(),
+                _air_conv(c_out, c_out), _air_norm(c_out), nn.GELU()))
+            c_in = c_out
+        self.pool = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), Scale(1 / 9))
+        self.fc = nn.Linear(c_in, num_classes, bias=False)
+
+    @torch.no_grad()
+    def init_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the frozen first layer from normalised training ``images`` (N, 3, H, W): the 12
+        eigenvectors of their 2x2 patch covariance, each +/- and divided by the square root
+        of its eigenvalue, so the layer's 24 outputs are decorrelated (airbench)."""
+        conv = self.stem[0]
+        c, (h, w) = images.shape[1], conv.weight.shape[2:]
+        patches = images.float().unfold(2, h, 1).unfold(3, w, 1).transpose(1, 3).reshape(-1, c, h, w)
+        flat = patches.reshape(len(patches), -1).double()
+        eigenvalues, eigenvectors = torch.linalg.eigh(flat.T @ flat / len(flat), UPLO="U")
+        eigenvalues = eigenvalues.flip(0).view(-1, 1, 1, 1)
+        eigenvectors = eigenvectors.T.reshape(c * h * w, c, h, w).flip(0)
+        scaled = (eigenvectors / torch.sqrt(eigenvalues + eps)).to(conv.weight.dtype)
+        conv.weight.copy_(torch.cat((scaled, -scaled)))
+
+
+def needs_data_init(model: nn.Module) -> bool:
+    """True for a network whose first layer is set from training images before training."""
+    return isinstance(model, AirbenchCNN)
+
+
 def load_imagenet_weights(arch: str) -> dict[str, torch.Tensor]:
     """The ImageNet state dict of ``arch`` via torchvision (cached in torch hub's folder)."""
     weights = _RESNETS[arch][1]
@@ -85,6 +166,11 @@ def build_model(arch: str, num_classes: int = 10, pretrained: bool = False,
             raise ValueError(f"{arch} has no ImageNet weights: use pretrained=False "
                              f"(pretrained weights exist for {', '.join(_RESNETS)})")
         return SmallCNN(_CNN_WIDTH[arch], num_classes)
+    if arch in _AIR_WIDTHS:
+        if pretrained:
+            raise ValueError(f"{arch} has no ImageNet weights: use pretrained=False "
+                             f"(pretrained weights exist for {', '.join(_RESNETS)})")
+        return AirbenchCNN(_AIR_WIDTHS[arch], num_classes)
     if arch not in _RESNETS:
         raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
     ctor, _ = _RESNETS[arch]

@@ -16,13 +16,15 @@ import torch
 import torchvision
 
 from . import __version__
+from .data import normalize
 from .env import local_checkpoint_root, pick_precision
+from .models import needs_data_init
 from .recipes import Recipe
 from .results import RunResult
 from .runs import Run, build_network, build_strategy, loaders, recipe_of, seed_of
 from .store import (FORMAT, atomic_save, describe_difference, log, quarantine, remove_stale_temps,
                     run_folder, set_aside, try_load, warn)
-from .train import FitState, evaluate, fit, make_optimizer, make_scheduler
+from .train import FitState, evaluate, fit, make_optimizer, make_scheduler, norm_bias_groups
 
 
 def rng_state() -> dict:
@@ -109,10 +111,14 @@ def train_run(spec: Run, recipe: Recipe, config: dict, wanted: str, data, folder
     def fresh():
         """Network, strategy, optimizer, schedule and scaler as at step 0 (seeded)."""
         model = build_network(spec, recipe, device, init.model.state_dict() if init else None)
+        if init is None and needs_data_init(model):      # airbench's whitening layer, from the data
+            model.init_whitening(normalize(data.train_x[:model.WHITENING_IMAGES].to(device),
+                                           run_recipe.image_size, run_recipe.normalization))
         strategy = build_strategy(spec, recipe, model, [t.model for t in teachers])
-        params = [p for p in strategy.parameters() if p.requires_grad]
-        optimizer = make_optimizer(params, run_recipe.optimizer, config["lr"], run_recipe.weight_decay,
-                                   run_recipe.momentum)
+        groups = norm_bias_groups(strategy, config["lr"], run_recipe.weight_decay, run_recipe.norm_bias_lr_scale)
+        optimizer = make_optimizer(groups, run_recipe.optimizer, config["lr"], run_recipe.weight_decay,
+                                   run_recipe.momentum, lookahead_model=model if run_recipe.lookahead else None,
+                                   total_steps=epochs * len(train_loader))
         scheduler = make_scheduler(optimizer, run_recipe.schedule, epochs * len(train_loader),
                                    run_recipe.warmup_fraction)
         scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))

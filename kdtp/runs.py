@@ -15,6 +15,7 @@ KD temperature never makes the teacher look stale.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -219,8 +220,15 @@ def training_settings(spec: Run, recipe: Recipe) -> dict:
         "schedule": recipe.schedule, "warmup_fraction": recipe.warmup_fraction,
         "label_smoothing": label_smoothing_of(spec, recipe), "seed": seed_of(spec, recipe),
         "normalization": recipe.normalization, "tta_flip": recipe.tta_flip,
+        # airbench's training tricks, named only where a recipe uses them: every run of the
+        # recipes without them keeps the configuration (and checkpoint hash) it had before
+        **{k: getattr(recipe, k) for k in AIRBENCH_SETTINGS if getattr(recipe, k) != _DEFAULTS[k]},
         **{k: getattr(recipe, k) for k in get_method(spec.method).recipe_settings},
     }
+
+
+AIRBENCH_SETTINGS = ("augmentation", "norm_bias_lr_scale", "lookahead")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Recipe)}
 
 
 def run_config(spec: Run, recipe: Recipe, data: CifarData,
@@ -299,7 +307,8 @@ def loaders(data: CifarData, recipe: Recipe, device: torch.device,
     """Train (augmented, shuffled), validation and test loaders on ``device``."""
     kw = dict(device=device, image_size=recipe.image_size, seed=recipe.seed if seed is None else seed,
               normalization=recipe.normalization)
-    return (DeviceLoader(data.train_x, data.train_y, recipe.batch_size, train=True, **kw),
+    return (DeviceLoader(data.train_x, data.train_y, recipe.batch_size, train=True,
+                         augmentation=recipe.augmentation, **kw),
             DeviceLoader(data.val_x, data.val_y, eval_batch, train=False, **kw),
             DeviceLoader(data.test_x, data.test_y, eval_batch, train=False, **kw))
 

@@ -12,10 +12,11 @@ seeds where a sweep trained several).
 
 Every point trains from scratch, also in the ImageNet recipes: a CNN has no ImageNet
 weights, and a pretrained ResNet18 next to scratch CNNs would mix size with initialisation.
-The recipe's own student (``cnn_small`` in ``cpu``, ``resnet18`` in ``fast``/``paper``) is
-the lab's scratch pair of 05 (``student_scratch_baseline`` / ``student_scratch_kd_scores``):
-no new run; in ``cpu``, where nothing is pretrained, those reuse 02's and 03's finished runs.
-The other sizes are the ``student_w*`` runs declared in ``kdtp.course``.
+The recipe's own student (``cnn_small`` in ``cpu``, ``air_small`` in ``cpu_air``, ``resnet18``
+in ``fast``/``paper``) is the lab's scratch pair of 05 (``student_scratch_baseline`` /
+``student_scratch_kd_scores``): no new run; in the ``cpu`` recipes, where nothing is
+pretrained, those reuse 02's and 03's finished runs. The other sizes are the ``student_w*``
+and ``student_air_w*`` runs declared in ``kdtp.course``.
 """
 from __future__ import annotations
 
@@ -36,12 +37,14 @@ from .results import RunResult
 # each recipe's students, smallest first (checked by measurement: tests and notebook 11)
 FAMILY: dict[str, tuple[str, ...]] = {
     "cpu": ("cnn_w4", "cnn_w8", "cnn_small", "cnn_w16"),          # teacher cnn_large
+    "cpu_air": ("air_w4", "air_w8", "air_small", "air_w24"),      # teacher air_large
     "fast": ("cnn_w8", "cnn_w16", "cnn_w32", "resnet18"),         # teacher resnet50
     "paper": ("cnn_w8", "cnn_w16", "cnn_w32", "resnet18"),
 }
 # the runs of the sizes that are not a recipe's own student (declared in kdtp/course.py)
 SIZE_RUNS: dict[str, tuple[str, str]] = {
-    f"cnn_{w}": (f"student_{w}_baseline", f"student_{w}_kd_logits") for w in ("w4", "w8", "w16", "w32")}
+    **{f"cnn_{w}": (f"student_{w}_baseline", f"student_{w}_kd_logits") for w in ("w4", "w8", "w16", "w32")},
+    **{f"air_{w}": (f"student_air_{w}_baseline", f"student_air_{w}_kd_logits") for w in ("w4", "w8", "w24")}}
 # the recipe's own student: the lab's from-scratch pair (05_scratch)
 OWN_STUDENT_RUNS = ("student_scratch_baseline", "student_scratch_kd_scores")
 LABELS, KD = "labels only", "KD on logits"

@@ -41,18 +41,97 @@ class FitState:
     best_model: dict[str, torch.Tensor] | None = None
 
 
-def make_optimizer(params, name: str, lr: float, weight_decay: float, momentum: float = 0.9) -> torch.optim.Optimizer:
+def norm_bias_groups(module: nn.Module, lr: float, weight_decay: float, lr_scale: float) -> list[dict]:
+    """Parameter groups with the BatchNorm shifts at ``lr_scale`` x the learning rate and
+    ``weight_decay / lr_scale``, so every weight decays by the same ``lr * weight_decay`` per
+    step (airbench's 64x BatchNorm-bias rate: those shifts are few, and move far). Frozen
+    parameters (``requires_grad=False``) are left out. One group when ``lr_scale`` is 1."""
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    if lr_scale == 1.0:
+        return [dict(params=trainable)]
+    shifts = {id(m.bias) for m in module.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
+    return [dict(params=[p for p in trainable if id(p) not in shifts]),
+            dict(params=[p for p in trainable if id(p) in shifts], lr=lr * lr_scale,
+                 weight_decay=weight_decay / lr_scale)]
+
+
+class LookaheadSGD(torch.optim.SGD):
+    """Nesterov SGD with airbench's lookahead: every ``every`` steps the weights (and the
+    BatchNorm statistics) of ``model`` are pulled back toward a running average of
+    themselves, by a weight that grows over the run as ``base * (step / total)^3``; after
+    the last step the network *is* that average. A cheap EMA of the weights that needs no
+    second network at evaluation. The average is part of ``state_dict``, so a resumed run
+    continues it exactly.
+    """
+
+    def __init__(self, params, model: nn.Module, total_steps: int, every: int = 5,
+                 base: float = 0.95 ** 5, **sgd_args):
+        super().__init__(params, **sgd_args)
+        self.tracked = [v for v in model.state_dict().values() if v.dtype.is_floating_point]
+        self.average = [v.detach().clone() for v in self.tracked]
+        self.total_steps, self.every, self.base, self.steps_done = max(1, total_steps), every, base, 0
+
+    @torch.no_grad()
+    def _pull(self, decay: float) -> None:
+        for avg, v in zip(self.average, self.tracked):
+            avg.lerp_(v, 1 - decay)
+            v.copy_(avg)
+
+    def step(self, closure=None):
+        loss = super().step(closure)
+        self.steps_done += 1
+        if self.steps_done % self.every == 0:
+            self._pull(self.base * min(1.0, self.steps_done / self.total_steps) ** 3)
+        if self.steps_done == self.total_steps:
+            self._pull(1.0)
+        return loss
+
+    def state_dict(self) -> dict:
+        out = super().state_dict()
+        out["lookahead"] = {"steps_done": self.steps_done, "average": [a.clone() for a in self.average]}
+        return out
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        saved = state_dict.pop("lookahead", None)
+        if saved is None or len(saved["average"]) != len(self.average):
+            raise ValueError("this optimizer state has no lookahead average for this network")
+        super().load_state_dict(state_dict)
+        self.steps_done = int(saved["steps_done"])
+        for avg, v in zip(self.average, saved["average"]):
+            avg.copy_(v)
+
+
+def make_optimizer(params, name: str, lr: float, weight_decay: float, momentum: float = 0.9, *,
+                   lookahead_model: nn.Module | None = None, total_steps: int = 0) -> torch.optim.Optimizer:
+    """AdamW or Nesterov SGD; with ``lookahead_model``, SGD with airbench's lookahead
+    (``LookaheadSGD``) over that network's weights for ``total_steps`` steps."""
     if name == "adamw":
+        if lookahead_model is not None:
+            raise ValueError("lookahead is built on SGD: use optimizer sgd with lookahead")
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
+        if lookahead_model is not None:
+            return LookaheadSGD(params, lookahead_model, total_steps, lr=lr, momentum=momentum,
+                                nesterov=True, weight_decay=weight_decay)
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
     raise ValueError(f"optimizer {name!r} is unknown: choose adamw or sgd")
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int,
                    warmup_fraction: float = 0.0) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step schedule: ``constant`` (the reference lab), ``cosine``, or ``onecycle``."""
+    """Per-step schedule: ``constant`` (the reference lab), ``cosine``, ``onecycle``, or
+    ``airbench`` (linear from 0.2x to 1x over the warm-up, then linear down to 0.07x)."""
     total_steps = max(1, total_steps)
+    if name == "airbench":
+        warm = int(total_steps * warmup_fraction)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return 0.2 + 0.8 * step / warm
+            return 1.0 - 0.93 * (step - warm) / max(1, total_steps - warm)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if name == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     if name == "cosine":
@@ -68,7 +147,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int
             optimizer, max_lr=max_lrs, total_steps=total_steps,
             pct_start=pct_start, anneal_strategy="linear",
             div_factor=10.0, final_div_factor=100.0, cycle_momentum=False)
-    raise ValueError(f"schedule {name!r} is unknown: choose constant, cosine or onecycle")
+    raise ValueError(f"schedule {name!r} is unknown: choose constant, cosine, onecycle or airbench")
 
 
 @torch.no_grad()

@@ -53,7 +53,7 @@ SCOPE = {
     "name": ALL, "image_size": ALL, "cifar_stem": ALL, "optimizer": ALL, "weight_decay": ALL,
     "momentum": ALL, "batch_size": ALL, "schedule": ALL, "warmup_fraction": ALL,
     "train_subset": ALL, "val_subset": ALL, "test_subset": ALL, "synthetic": ALL, "smoke": ALL,
-    "tta_flip": ALL, "normalization": ALL,
+    "tta_flip": ALL, "normalization": ALL, "augmentation": ALL, "norm_bias_lr_scale": ALL, "lookahead": ALL,
     "pretrained": PRETRAINED,        # scratch runs (and runs learning only from them) never use ImageNet
     **{k: role_setting("teacher", k) for k in ("teacher_arch", "teacher_lr", "teacher_epochs",
                                                 "teacher_label_smoothing", "teacher_seed")},
@@ -65,7 +65,7 @@ assert SCOPE["feature_weight"] == {"student_pretrained_kd_features"}
 assert {"student_scratch_baseline", "born_again_gen1", "student_ps_kd"}.isdisjoint(SCOPE["pretrained"])
 
 OTHER_VALUE = {"name": "paper", "teacher_arch": "resnet18", "student_arch": "cnn_small",
-               "optimizer": "adamw", "schedule": "cosine", "normalization": "cifar10"}
+               "optimizer": "adamw", "schedule": "cosine", "normalization": "cifar10", "augmentation": "airbench"}
 
 
 def fake_data(recipe: Recipe) -> CifarData:

@@ -46,7 +46,7 @@ def test_attention_kd_is_logit_kd_plus_beta_half_the_sum_over_three_stages():
 
 
 def test_attention_stages_of_student_and_teacher_have_the_same_spatial_size():
-    for s_arch, t_arch in (("resnet18", "resnet50"), ("cnn_small", "cnn_large")):
+    for s_arch, t_arch in (("resnet18", "resnet50"), ("cnn_small", "cnn_large"), ("air_small", "air_large")):
         s, t = build_model(s_arch).eval(), build_model(t_arch).eval()
         x = torch.zeros(1, 3, 32, 32)
         s_out = feature_tap(s, list(ATTENTION_LAYERS[s_arch]))(x)

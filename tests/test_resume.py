@@ -57,10 +57,15 @@ def _same_history(a: dict, b: dict) -> bool:
     return {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
 
 
-@pytest.mark.parametrize("run", ["student_scratch_baseline", "student_pretrained_kd_features"])
-def test_resumed_run_equals_uninterrupted_run(run, tmp_path, monkeypatch, capsys):
+# cpu_air: airbench's lookahead average and alternating flips must resume exactly too
+AIR = dict(recipe="cpu_air", teacher_arch="air_w4", student_arch="air_w4")
+
+
+@pytest.mark.parametrize("run, recipe", [("student_scratch_baseline", {}), ("student_pretrained_kd_features", {}),
+                                         ("student_pretrained_kd_logits", AIR)])
+def test_resumed_run_equals_uninterrupted_run(run, recipe, tmp_path, monkeypatch, capsys):
     """3 epochs straight vs 2 epochs, crash, resume to 3: same weights, history, metrics."""
-    kw = dict(TINY, epochs=3)
+    kw = dict(TINY, epochs=3, **recipe)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     one: dict = {}
     monkeypatch.setattr(kresume, "fit", _fit_recording(one))
@@ -74,7 +79,7 @@ def test_resumed_run_equals_uninterrupted_run(run, tmp_path, monkeypatch, capsys
     monkeypatch.setattr(kresume, "fit", _fit_recording(two, crash_after=2))
     with pytest.raises(Crash):
         train_or_load(run, ckpt_dir=resumed, **kw)
-    last = resumed / "smoke" / "cpu" / f"{run}_last.pt"
+    last = resumed / "smoke" / kw["recipe"] / f"{run}_last.pt"
     assert load_checkpoint(last)["epoch"] == 2 and not last.with_name(f"{run}_best.pt").exists()
     capsys.readouterr()
 

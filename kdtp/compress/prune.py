@@ -86,14 +86,17 @@ def channel_chains(model: nn.Module) -> list[Chain]:
     """
     from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-    from ..models import SmallCNN
+    from ..models import AirbenchCNN, SmallCNN
 
-    if isinstance(model, SmallCNN):
+    if isinstance(model, (SmallCNN, AirbenchCNN)):
         leaves = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
+        if isinstance(model, AirbenchCNN):
+            leaves = leaves[1:]   # the frozen whitening layer has no BatchNorm: its channels stay
         kinds = "".join("c" if isinstance(m, nn.Conv2d) else "b" if isinstance(m, nn.BatchNorm2d) else "l"
                         for _, m in leaves)
         if kinds != "cb" * (len(leaves) // 2) + "l":
-            raise ConfigError(f"this SmallCNN is not a plain conv-BN chain ({kinds}); channel pruning needs one")
+            raise ConfigError(f"this {type(model).__name__} is not a plain conv-BN chain ({kinds}); "
+                              "channel pruning needs one")
         return [Chain(leaves[i][0], leaves[i + 1][0], leaves[i + 2][0]) for i in range(0, len(leaves) - 1, 2)]
     if isinstance(model, ResNet):
         chains = []
@@ -104,7 +107,7 @@ def channel_chains(model: nn.Module) -> list[Chain]:
                 chains += [Chain(f"{name}.conv1", f"{name}.bn1", f"{name}.conv2"),
                            Chain(f"{name}.conv2", f"{name}.bn2", f"{name}.conv3")]
         return chains
-    raise ConfigError(f"channel pruning knows the kit's SmallCNN and torchvision ResNets, not "
+    raise ConfigError(f"channel pruning knows the kit's SmallCNN, AirbenchCNN and torchvision ResNets, not "
                       f"{type(model).__name__}; use unstructured pruning (magnitude_masks) for it")
 
 
@@ -145,7 +148,9 @@ class MaskedWeights:
         self.model = model
         self.masks: dict[str, torch.Tensor] = {}
         self.load(masks)
-        self._handles = [params[name].register_hook(self._grad_hook(name)) for name in self.masks]
+        # a frozen parameter (airbench's BatchNorm scales) gets no gradient to mask
+        self._handles = [params[name].register_hook(self._grad_hook(name)) for name in self.masks
+                         if params[name].requires_grad]
         self._handles.append(model.register_forward_pre_hook(lambda _m, _args: self.apply()))
 
     def _grad_hook(self, name: str):
@@ -218,6 +223,7 @@ def shrink_channels(model: nn.Module) -> nn.Module:
         if conv.bias is not None:
             new_conv.bias.copy_(conv.bias[kept])
         new_bn = nn.BatchNorm2d(k, eps=bn.eps, momentum=bn.momentum).to(bn.weight)
+        new_bn.weight.requires_grad_(bn.weight.requires_grad)
         for attr in ("weight", "bias", "running_mean", "running_var"):
             getattr(new_bn, attr).copy_(getattr(bn, attr)[kept])
         new_bn.num_batches_tracked.copy_(bn.num_batches_tracked)

@@ -11,11 +11,11 @@ from __future__ import annotations
 from torch import nn
 
 from ..losses import AttentionTransferLoss, KDLoss
-from ..models import CNN_ARCHS
+from ..models import PLAIN_CNN_ARCHS
 from .base import WithTaps, register
 
 ATTENTION_LAYERS = {"resnet18": ("layer2", "layer3", "layer4"), "resnet50": ("layer2", "layer3", "layer4"),
-                    **{arch: ("layer1", "layer2", "layer3") for arch in CNN_ARCHS}}
+                    **{arch: ("layer1", "layer2", "layer3") for arch in PLAIN_CNN_ARCHS}}
 
 
 @register

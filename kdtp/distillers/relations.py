@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import KDLoss, RelationLoss
-from ..models import CNN_ARCHS
+from ..models import PLAIN_CNN_ARCHS
 from .base import WithTaps, register
 
 # the embedding each network hands its classifier (torchvision's ResNet: ``flatten``)
-EMBEDDING_NODE = {"resnet18": "flatten", "resnet50": "flatten", **{arch: "pool" for arch in CNN_ARCHS}}
+EMBEDDING_NODE = {"resnet18": "flatten", "resnet50": "flatten", **{arch: "pool" for arch in PLAIN_CNN_ARCHS}}
 
 
 @register
