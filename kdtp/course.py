@@ -37,7 +37,7 @@ COURSE_RUNS: dict[str, Run] = {r.name: r for r in (
     Run("student_w8_baseline", arch="cnn_w8"), Run("student_w8_kd_logits", method="kd_logits", arch="cnn_w8"),
     Run("student_w16_baseline", arch="cnn_w16"), Run("student_w16_kd_logits", method="kd_logits", arch="cnn_w16"),
     Run("student_w32_baseline", arch="cnn_w32"), Run("student_w32_kd_logits", method="kd_logits", arch="cnn_w32"),
-    # the airbench-style family of the `cpu` recipe (its own student, air_small, is 05's pair)
+    # the airbench-style family of the `cpu_air` recipe (its own student, air_small, is 05's pair)
     *(Run(f"student_air_{w}_{kind}", method=method, arch=f"air_{w}") for w in ("w4", "w8", "w24")
       for kind, method in (("baseline", "baseline"), ("kd_logits", "kd_logits"))),
     # --- end 11 ---

@@ -340,6 +340,7 @@ class DeviceLoader:
         # by up to 2 pixels, and alternating flip: each image gets a fixed random flip, mirrored
         # every other epoch, so consecutive epochs see both sides (Jordan, airbench, 2024)
         self.augmentation = augmentation
+        self._base_flips: torch.Tensor | None = None     # drawn on first use (base_flips)
         self.seed = seed
         self.drop_last = train if drop_last is None else drop_last
         if self.drop_last and len(self.labels) < batch_size:
@@ -352,7 +353,7 @@ class DeviceLoader:
     def base_flips(self) -> torch.Tensor:
         """Each image's flip at even epochs (the "airbench" augmentation), from the seed alone,
         so a resumed run flips as an uninterrupted one."""
-        if getattr(self, "_base_flips", None) is None:
+        if self._base_flips is None:
             gen = torch.Generator(device=self.device).manual_seed(self.seed * 100_003 - 1)
             self._base_flips = torch.rand(len(self.labels), device=self.device, generator=gen) < 0.5
         return self._base_flips

@@ -22,7 +22,7 @@ _RESNETS = {
 _CNN_WIDTH = {"cnn_large": 24, "cnn_small": 12, "cnn_tiny": 6,
               "cnn_w4": 4, "cnn_w8": 8, "cnn_w16": 16, "cnn_w32": 32}
 CNN_ARCHS = tuple(_CNN_WIDTH)
-# airbench-style CNNs (the `cpu` recipe's teacher and student): widths of the three blocks
+# airbench-style CNNs (the `cpu_air` recipe's teacher and student): widths of the three blocks
 _AIR_WIDTHS = {"air_large": (32, 128, 128), "air_small": (16, 48, 64),
                "air_w4": (4, 12, 16), "air_w8": (8, 24, 32), "air_w24": (24, 72, 96)}
 AIR_ARCHS = tuple(_AIR_WIDTHS)
