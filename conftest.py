@@ -36,10 +36,11 @@ os.environ.pop("KDTP_DEVICE", None)
 
 # nbval runs the core lab (00-06) in the smoke version of its default recipe, ``fast`` (the
 # ResNet lab, shrunk), and the chapter's later notebooks (07 onwards) in the smoke version of
-# ``cpu`` (the small-CNN lab): both recipes' paths run under nbval, and the course's dozen
+# ``cpu_air`` (the CPU lab's default): both default paths run under nbval, and the course's dozen
 # ResNet trainings that 07 onwards would add stay out of CI's time budget. Every notebook
-# also runs in ``fast`` smoke with KDTP_NBVAL_RECIPE=fast.
-LATER_NOTEBOOKS_RECIPE = os.environ.get("KDTP_NBVAL_RECIPE", "cpu")
+# also runs in ``fast`` smoke with KDTP_NBVAL_RECIPE=fast, and 07 onwards in the first CPU
+# recipe's with KDTP_NBVAL_RECIPE=cpu.
+LATER_NOTEBOOKS_RECIPE = os.environ.get("KDTP_NBVAL_RECIPE", "cpu_air")
 
 
 def _notebook_number(path) -> int | None:

@@ -5,8 +5,8 @@ logits, SGD) on the same images:
 
 * **kdtp**: the code the notebooks run. Images live in a ``DeviceLoader`` (one uint8
   tensor, crop/flip/normalise on whole batches), the step goes through ``kdtp.train.fit``
-  with a ``LogitKD`` strategy, at ``pick_precision`` (bf16 autocast on AMX CPUs
-  and Ampere+ GPUs, fp16 + gradient scaler on T4/V100), channels_last.
+  with a ``LogitKD`` strategy, at ``pick_precision`` (bf16 autocast on AMX CPUs,
+  AMD CPUs with AVX512-BF16 and Ampere+ GPUs, fp16 + gradient scaler on T4/V100), channels_last.
 * **reference**: the loop as the seed notebooks wrote it. A torchvision ``CIFAR10``
   yielding PIL images, ``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``,
   ``ToTensor``, ``Normalize``, a ``DataLoader`` with 2 workers, fp32, contiguous tensors,

@@ -216,15 +216,31 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 CPUINFO = Path("/proc/cpuinfo")  # the Linux fallback for AMX detection (tests point it elsewhere)
 
 
-def _cpu_flags(path: Path | None = None) -> set[str]:
-    """The ``flags`` of /proc/cpuinfo (empty off Linux or when it cannot be read)."""
+def _cpuinfo_field(name: str, path: Path | None = None) -> str:
+    """The first ``name`` line of /proc/cpuinfo ("" off Linux or when it cannot be read)."""
     if not sys.platform.startswith("linux"):
-        return set()
+        return ""
     try:
         text = (path or CPUINFO).read_text(errors="replace")
     except OSError:
-        return set()
-    return next((set(ln.partition(":")[2].split()) for ln in text.splitlines() if ln.startswith("flags")), set())
+        return ""
+    return next((ln.partition(":")[2].strip() for ln in text.splitlines()
+                 if ln.partition(":")[0].strip() == name), "")
+
+
+def _cpu_flags(path: Path | None = None) -> set[str]:
+    """The ``flags`` of /proc/cpuinfo (empty off Linux or when it cannot be read)."""
+    return set(_cpuinfo_field("flags", path).split())
+
+
+def cpu_is_amd_with_avx512_bf16() -> bool:
+    """An AMD CPU with native bf16 dot products (AVX512-BF16: Zen 4 and later).
+
+    Unlike Intel's AVX512-BF16 CPUs without AMX, bf16 is faster than fp32 here: on a 2-core Zen 5
+    (EPYC, 2026-12-02) a training step ran 1.5-2x faster under bf16 autocast (air_large 1377 ->
+    2190 img/s, cnn_large 666 -> 1348; benchmarks/RESULTS.md). Zen 4 was not measured.
+    """
+    return _cpuinfo_field("vendor_id") == "AuthenticAMD" and "avx512_bf16" in _cpu_flags()
 
 
 def _cpuinfo_has_amx(path: Path | None = None) -> bool:
@@ -248,10 +264,13 @@ def cpu_has_amx() -> bool:
 
 
 def cpu_class() -> str:
-    """``cpu-amx``, ``cpu-avx512bf16``, ``cpu-avx2`` or ``cpu``: what sets a CPU's training speed
+    """``cpu-amx``, ``cpu-amd-avx512bf16``, ``cpu-avx512bf16`` (Intel without AMX), ``cpu-avx2`` or
+    ``cpu``: what sets a CPU's training speed
     here (see ``pick_precision``); the device classes of benchmarks/RESULTS.md."""
     if cpu_has_amx():
         return "cpu-amx"
+    if cpu_is_amd_with_avx512_bf16():
+        return "cpu-amd-avx512bf16"
     flags = _cpu_flags()
     return "cpu-avx512bf16" if "avx512_bf16" in flags else "cpu-avx2" if "avx2" in flags else "cpu"
 
@@ -262,10 +281,11 @@ def pick_precision(device: torch.device) -> str:
     CUDA: bf16 on compute capability >= 8 (Ampere+): fp32's range, no loss scaling; fp16
     with a gradient scaler below (T4, V100), whose tensor cores do fp16 only.
 
-    CPU: bf16 only where AMX is present (about 3x faster than fp32). oneDNN "supports" bf16
-    on more CPUs, but there it is slower: with AVX512-BF16 and no AMX a distillation step
-    ran at 27 img/s in bf16 vs 33 in fp32 (cnn_small 1284 vs 1532 img/s), and on AVX2-only
-    CPUs bf16 is emulated, about 10x slower. So fp32 everywhere else, and on other devices.
+    CPU: bf16 where it was measured faster: with AMX (about 3x fp32), and on AMD CPUs with
+    AVX512-BF16 (Zen 4+; 1.5-2x on a Zen 5). oneDNN "supports" bf16 on more CPUs, but there it
+    is slower: on an Intel Xeon with AVX512-BF16 and no AMX a distillation step ran at 27 img/s
+    in bf16 vs 33 in fp32 (cnn_small 1284 vs 1532 img/s), and on AVX2-only CPUs bf16 is
+    emulated, about 10x slower. So fp32 everywhere else, and on other devices.
 
     ``KDTP_PRECISION`` (fp32, bf16, fp16 or auto) forces a choice; fp16 only on CUDA, since
     CPU autocast in fp16 has neither fast kernels nor the gradient scaler it needs.
@@ -285,7 +305,7 @@ def pick_precision(device: torch.device) -> str:
         major, _ = torch.cuda.get_device_capability(device)
         return "bf16" if major >= 8 else "fp16"
     if device.type == "cpu":
-        return "bf16" if cpu_has_amx() else "fp32"
+        return "bf16" if cpu_has_amx() or cpu_is_amd_with_avx512_bf16() else "fp32"
     return "fp32"
 
 

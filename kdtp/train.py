@@ -151,22 +151,32 @@ def make_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader, precision: str = "fp32",
-             tta_flip: bool = False) -> float:
-    """Top-1 accuracy of ``model`` on ``loader`` (eval mode; optional flip averaging)."""
+def correct_per_image(model: nn.Module, loader: DeviceLoader, precision: str = "fp32",
+                      tta_flip: bool = False) -> torch.Tensor:
+    """Which images of ``loader`` ``model`` gets right (bool, on the CPU, in the loader's order).
+
+    Scored exactly as ``evaluate`` scores a run (eval mode, optional flip averaging), so an
+    image-by-image comparison of two runs (``stats.same_images_difference``) uses the same
+    predictions as the accuracies it compares.
+    """
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=loader.device)
-    total = 0
+    hits = []
     for x, y in loader:
         with autocast(loader.device, precision):
             logits = model(x).float()
             if tta_flip:
                 logits = logits + model(x.flip(3)).float()
-        correct += (logits.argmax(1) == y).sum()
-        total += len(y)
+        hits.append((logits.argmax(1) == y).cpu())
     model.train(was_training)
-    return correct.item() / max(1, total)
+    return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+
+
+def evaluate(model: nn.Module, loader: DeviceLoader, precision: str = "fp32",
+             tta_flip: bool = False) -> float:
+    """Top-1 accuracy of ``model`` on ``loader`` (eval mode; optional flip averaging)."""
+    hits = correct_per_image(model, loader, precision, tta_flip)
+    return hits.sum().item() / max(1, len(hits))
 
 
 def fit(strategy, train_loader: DeviceLoader, val_loader: DeviceLoader, *,

@@ -101,3 +101,18 @@ def test_airbench_candidate_refuses_malformed_widths(monkeypatch, capsys):
     with pytest.raises(SystemExit) as stop:
         candidate.main()
     assert stop.value.code == 2 and "three positive channel counts" in capsys.readouterr().err
+
+
+def test_precision_step_benchmark_times_both_precisions(monkeypatch, capsys):
+    """benchmarks/precision_step.py (behind pick_precision's CPU rule) runs and prints both rates."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "precision_step.py"
+    spec = importlib.util.spec_from_file_location("precision_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", [str(path), "cnn_tiny", "--batch", "8", "--min-run-time", "0.01"])
+    module.main()
+    line = [ln for ln in capsys.readouterr().out.splitlines() if "cnn_tiny" in ln][0]
+    assert "fp32" in line and "bf16" in line and line.rstrip().endswith("x")

@@ -78,3 +78,25 @@ def test_feature_kd_trains_an_adapter_that_is_not_part_of_the_student(small_data
     assert not torch.equal(adapter_before, fkd.hint.adapter[0].weight)
     assert not any(k.startswith("hint") for k in student.state_dict())
     assert set(fkd.extra_state()) and all(k.startswith("hint.") for k in fkd.extra_state())
+
+
+def test_correct_per_image_is_what_evaluate_scores():
+    """The per-image view behind paired comparisons: same predictions as the accuracy, flip TTA included."""
+    from kdtp.data import DeviceLoader
+    from kdtp.train import correct_per_image, evaluate
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (50,))
+    loader = DeviceLoader(images, labels, 16, train=False, image_size=8)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    for flip in (False, True):
+        hits = correct_per_image(model, loader, tta_flip=flip)
+        assert hits.dtype == torch.bool and hits.shape == (50,)
+        assert hits.float().mean().item() == pytest.approx(evaluate(model, loader, tta_flip=flip))
+        # by hand: argmax of the (flip-summed) logits against the labels, in the loader's order
+        with torch.no_grad():
+            xs = torch.cat([x for x, _ in loader])
+            logits = model(xs) + (model(xs.flip(3)) if flip else 0)
+        assert torch.equal(hits, logits.argmax(1) == labels)
+    assert model.training is True   # scored in eval mode, then handed back as it came
