@@ -236,9 +236,11 @@ def _cpu_flags(path: Path | None = None) -> set[str]:
 def cpu_is_amd_with_avx512_bf16() -> bool:
     """An AMD CPU with native bf16 dot products (AVX512-BF16: Zen 4 and later).
 
-    Unlike Intel's AVX512-BF16 CPUs without AMX, bf16 is faster than fp32 here: on a 2-core Zen 5
-    (EPYC, 2026-12-02) a training step ran 1.5-2x faster under bf16 autocast (air_large 1377 ->
-    2190 img/s, cnn_large 666 -> 1348; benchmarks/RESULTS.md). Zen 4 was not measured.
+    Unlike Intel's AVX512-BF16 CPUs without AMX, bf16 is not slower than fp32 here: on a 2-core
+    Zen 5 (EPYC, 2026-12-02) a training step at batch 256 ran 1.5-2x faster under bf16 autocast
+    (air_large 1377 -> 2190 img/s, cnn_large 666 -> 1348), the cpu_air students' runs were faster,
+    and its teacher's epochs at batch 1024 were no faster (37-44 s either way; benchmarks/RESULTS.md).
+    Zen 4 was not measured.
     """
     return _cpuinfo_field("vendor_id") == "AuthenticAMD" and "avx512_bf16" in _cpu_flags()
 
@@ -282,7 +284,8 @@ def pick_precision(device: torch.device) -> str:
     with a gradient scaler below (T4, V100), whose tensor cores do fp16 only.
 
     CPU: bf16 where it was measured faster: with AMX (about 3x fp32), and on AMD CPUs with
-    AVX512-BF16 (Zen 4+; 1.5-2x on a Zen 5). oneDNN "supports" bf16 on more CPUs, but there it
+    AVX512-BF16 (Zen 4+; a step 1.5-2x faster on a Zen 5 at batch 256, the
+    cpu_air teacher's epochs no faster at batch 1024). oneDNN "supports" bf16 on more CPUs, but there it
     is slower: on an Intel Xeon with AVX512-BF16 and no AMX a distillation step ran at 27 img/s
     in bf16 vs 33 in fp32 (cnn_small 1284 vs 1532 img/s), and on AVX2-only CPUs bf16 is
     emulated, about 10x slower. So fp32 everywhere else, and on other devices.

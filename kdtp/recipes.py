@@ -105,8 +105,8 @@ RECIPES: dict[str, Recipe] = {
                   # val 0.8344 / test 0.8353 at 250, 0.7832 / 0.7739 at 1000 (benchmarks/RESULTS.md)
                   attention_weight=250.0),
     # The default without a GPU since 2026-12-02: airbench-style CNNs (Keller Jordan's
-    # airbench94, narrowed; no ImageNet weights) with its training tricks: frozen whitening layer, dirac init, BatchNorm shifts at 64x the
-    # learning rate, Nesterov SGD with airbench's decoupled lr 11.5 and wd 0.0153 per 1024
+    # airbench94, narrowed; no ImageNet weights) with its training tricks: frozen whitening
+    # layer, dirac init, BatchNorm shifts at 64x the learning rate, Nesterov SGD with airbench's decoupled lr 11.5 and wd 0.0153 per 1024
     # images (here per mean-reduced batch of 1024: lr 1.5, wd 0.0153 / 11.5), its warm-up and
     # linear decay, lookahead EMA, translate-2 + alternating flip, label smoothing 0.2 for
     # every network, flip TTA. Teacher 498k parameters, student 99k (5.0x smaller).

@@ -167,9 +167,9 @@ def correct_per_image(model: nn.Module, loader: DeviceLoader, precision: str = "
             logits = model(x).float()
             if tta_flip:
                 logits = logits + model(x.flip(3)).float()
-        hits.append((logits.argmax(1) == y).cpu())
+        hits.append(logits.argmax(1) == y)   # on the device: one copy to the CPU at the end
     model.train(was_training)
-    return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+    return torch.cat(hits).cpu() if hits else torch.zeros(0, dtype=torch.bool)
 
 
 def evaluate(model: nn.Module, loader: DeviceLoader, precision: str = "fp32",

@@ -197,5 +197,6 @@ def test_bf16_accuracy_within_noise_of_fp32(synthetic):
     bf16 = sum(_train_accuracy(synthetic, "bf16", seed=s) for s in range(3)) / 3
     # both must have learned (chance is 0.10), or the comparison says nothing
     assert fp32 > 0.8 and bf16 > 0.8, (fp32, bf16)
-    # a broken bf16 path lands near chance; noise of a 3-seed mean here is a few points
+    # a broken bf16 path lands near chance; noise of a 3-seed mean here is a few points (one
+    # thread, Zen 5: fp32 0.921/0.861/0.879, bf16 0.885/0.762/0.908, means 0.035 apart)
     assert abs(bf16 - fp32) <= 0.05, (fp32, bf16)
