@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 import torchvision
 
-from . import __version__
+from . import __version__, teacher_cache
 from .data import normalize
 from .env import local_checkpoint_root, pick_precision
 from .models import needs_data_init
 from .recipes import Recipe
 from .results import RunResult
+from .distillers import get_method
 from .runs import Run, build_network, build_strategy, loaders, recipe_of, seed_of
 from .store import (FORMAT, atomic_save, describe_difference, log, quarantine, remove_stale_temps,
                     run_folder, set_aside, try_load, warn)
@@ -107,6 +108,17 @@ def train_run(spec: Run, recipe: Recipe, config: dict, wanted: str, data, folder
     train_loader, val_loader, test_loader = loaders(data, run_recipe, device, seed=seed_of(spec, run_recipe))
     epochs = config["epochs"]
     remove_stale_temps(folder, spec.name)
+    caches: list[teacher_cache.CachedLogits] = []
+
+    def teacher_nets() -> list:
+        """The teachers' networks; for a method that reads only their logits, each behind
+        the cache of its answers (``kdtp.teacher_cache``: identical results, fewer forwards)."""
+        caches.clear()
+        if not teachers or not get_method(spec.method).reads_teacher_logits or not teacher_cache.enabled():
+            return [t.model for t in teachers]
+        caches.extend(teacher_cache.CachedLogits(t.model, teacher_cache.cache_path(
+            folder, t.config_hash, t.model, precision, device)) for t in teachers)
+        return list(caches)
 
     def fresh():
         """Network, strategy, optimizer, schedule and scaler as at step 0 (seeded)."""
@@ -114,7 +126,7 @@ def train_run(spec: Run, recipe: Recipe, config: dict, wanted: str, data, folder
         if init is None and needs_data_init(model):      # airbench's whitening layer, from the data
             model.init_whitening(normalize(data.train_x[:model.WHITENING_IMAGES].to(device),
                                            run_recipe.image_size, run_recipe.normalization))
-        strategy = build_strategy(spec, recipe, model, [t.model for t in teachers])
+        strategy = build_strategy(spec, recipe, model, teacher_nets())
         groups = norm_bias_groups(strategy, config["lr"], run_recipe.weight_decay, run_recipe.norm_bias_lr_scale)
         optimizer = make_optimizer(groups, run_recipe.optimizer, config["lr"], run_recipe.weight_decay,
                                    run_recipe.momentum, lookahead_model=model if run_recipe.lookahead else None,
@@ -161,6 +173,8 @@ def train_run(spec: Run, recipe: Recipe, config: dict, wanted: str, data, folder
     save_failed: list[str] = []
 
     def save_last(s: FitState) -> None:
+        for cache in caches:
+            cache.save()
         try:
             atomic_save({"format": FORMAT, "kind": "last", "name": spec.name, "config": config,
                          "config_hash": wanted, "epoch": s.epoch, "history": s.history,
@@ -189,6 +203,9 @@ def train_run(spec: Run, recipe: Recipe, config: dict, wanted: str, data, folder
         state = fit(strategy, train_loader, val_loader, optimizer=optimizer, scheduler=scheduler,
                     epochs=epochs, precision=precision, state=state, scaler=scaler,
                     on_epoch_end=save_last, desc=spec.name, tta_flip=run_recipe.tta_flip, progress=progress)
+    for cache, t in zip(caches, teachers):
+        if cache.hits + cache.misses:
+            log(f"{spec.name}: {cache.summary()} ({t.name}).", verbose)
     model.load_state_dict(state.best_model)
     model.eval()
     test_acc = evaluate(model, test_loader, precision, run_recipe.tta_flip)

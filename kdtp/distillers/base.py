@@ -10,7 +10,9 @@ hand:
 - ``needs_teacher``: whether a run of it learns from other runs;
 - ``recipe_settings``: the recipe fields it reads; they enter the run's configuration
   hash, so changing the temperature retrains a KD student but never a baseline;
-- ``teacher_gives``: what it takes from the teacher (the comparison table's column).
+- ``teacher_gives``: what it takes from the teacher (the comparison table's column);
+- ``reads_teacher_logits``: it calls its teachers for their logits and nothing else, so the
+  runner may hand it teachers that answer a batch seen before from ``kdtp.teacher_cache``.
 """
 from __future__ import annotations
 
@@ -56,6 +58,7 @@ class Strategy(nn.Module):
     needs_teacher: ClassVar[bool] = False
     recipe_settings: ClassVar[tuple[str, ...]] = ()
     teacher_gives: ClassVar[str] = "nothing"
+    reads_teacher_logits: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, label_smoothing: float = 0.0):
         super().__init__()

@@ -16,6 +16,7 @@ class LogitKD(WithTeacher):
     title = "KD on logits"
     short = "KD logits"
     recipe_settings = ("temperature", "alpha")
+    reads_teacher_logits = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module, temperature: float = 4.0,
                  alpha: float = 0.5, label_smoothing: float = 0.0):

@@ -105,6 +105,7 @@ class MultiTeacherKD(Strategy):
     needs_teacher = True
     recipe_settings = ("temperature", "alpha")
     teacher_gives = "logits of 2+ teachers, averaged"
+    reads_teacher_logits = True
 
     def __init__(self, student: nn.Module, teachers: Sequence[nn.Module], temperature: float = 4.0,
                  alpha: float = 0.5, label_smoothing: float = 0.0):
