@@ -45,6 +45,9 @@ class Recipe:
     # RKD's relations are taken within groups of this many examples of a batch (0: the whole
     # batch). The angle term costs N^3: at the cpu recipe's batch of 512 one step took minutes
     rkd_group_size: int = 128
+    # the learning rate of a run that starts from another run's finished weights (``init_from``:
+    # 12's fine-tunes of a pruned or factorised student) as a multiple of ``lr``
+    finetune_lr_scale: float = 1.0
     pskd_alpha: float = 0.8       # PS-KD: weight of the model's own past predictions at the end (Kim et al.)
     # mean/std the images are normalised with: "cifar10" (its own statistics) or "imagenet"
     # (the statistics ImageNet-pretrained weights were trained with; the reference lab's)
@@ -125,6 +128,11 @@ RECIPES: dict[str, Recipe] = {
                   # the AT and RKD terms take 7.5x larger steps. Both weights scaled by 0.2 / 1.5;
                   # AT at 30 trains (2-epoch check, val 0.61); RKD's scaled weights not checked alone.
                   attention_weight=30.0,
+                  # 12's one-epoch fine-tunes of a pruned or factorised student at lr 1.5 undid most
+                  # of what the student knew (real CIFAR-10, 2026-12-02: 80% pruned 0.7590, half the
+                  # channels 0.4236, low rank 0.5154, from 0.8554): a trained network is fine-tuned
+                  # at a tenth of the rate that trains it from scratch
+                  finetune_lr_scale=0.1,
                   rkd_distance_weight=25.0 * 0.2 / 1.5, rkd_angle_weight=50.0 * 0.2 / 1.5),
 }
 
@@ -231,6 +239,7 @@ def validate(recipe: Recipe) -> Recipe:
         (recipe.rkd_group_size == 0 or recipe.rkd_group_size >= 2,
          "rkd_group_size must be 0 (the whole batch) or >= 2 (relations need pairs)"),
         (0.0 <= recipe.pskd_alpha <= 1.0, "pskd_alpha must be in [0, 1]"),
+        (recipe.finetune_lr_scale > 0, "finetune_lr_scale must be > 0 (1: fine-tunes train at lr)"),
         (recipe.schedule in ("constant", "cosine", "onecycle", "airbench"),
          "schedule must be constant, cosine, onecycle or airbench"),
         (min(recipe.train_subset, recipe.val_subset, recipe.test_subset) >= 0, "subsets must be >= 0"),

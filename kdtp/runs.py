@@ -214,7 +214,9 @@ def training_settings(spec: Run, recipe: Recipe) -> dict:
     return {
         "method": spec.method, "arch": arch_of(spec, recipe), "pretrained": uses_pretrained(spec, recipe),
         "cifar_stem": recipe.cifar_stem, "image_size": recipe.image_size,
-        "optimizer": recipe.optimizer, "lr": (recipe.teacher_lr or recipe.lr) if teacher else recipe.lr,
+        "optimizer": recipe.optimizer,
+        "lr": ((recipe.teacher_lr or recipe.lr) if teacher else
+               recipe.lr * recipe.finetune_lr_scale if spec.init_from else recipe.lr),
         "weight_decay": recipe.weight_decay, "momentum": recipe.momentum,
         "batch_size": recipe.batch_size, "epochs": recipe.teacher_epochs if teacher else recipe.epochs,
         "schedule": recipe.schedule, "warmup_fraction": recipe.warmup_fraction,

@@ -58,6 +58,7 @@ SCOPE = {
     **{k: role_setting("teacher", k) for k in ("teacher_arch", "teacher_lr", "teacher_epochs",
                                                 "teacher_label_smoothing", "teacher_seed")},
     **{k: role_setting("student", k) for k in ("student_arch", "lr", "epochs", "label_smoothing", "seed")},
+    "finetune_lr_scale": reaching(lambda s: s.init_from is not None and s.role == "student"),
     **{k: using(k) for k in ("temperature", "alpha", "feature_weight", "attention_weight",
                              "rkd_distance_weight", "rkd_angle_weight", "rkd_group_size", "pskd_alpha")},
 }
