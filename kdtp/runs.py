@@ -48,7 +48,11 @@ class Run:
     - ``arch``: the network; ``None`` takes the recipe's for the role;
     - ``pretrained``: start from ImageNet weights where the recipe and architecture allow;
     - ``init_from``: start from another run's finished weights instead (same architecture);
-    - ``overrides``: recipe settings for this run only (``{"epochs": 3, "temperature": 8}``).
+    - ``overrides``: recipe settings for this run only (``{"epochs": 3, "temperature": 8}``);
+    - ``recipe_overrides``: more settings for this run in one recipe only, by recipe name
+      (``{"cpu_air": {"teacher_epochs": 6}}``: a cost that matters on a CPU, not on a GPU).
+      They apply after ``overrides``. In smoke mode a run never trains more epochs than the
+      smoke recipe's, whatever either asks: smoke stays seconds per run.
     """
     name: str
     method: str = "baseline"
@@ -58,6 +62,7 @@ class Run:
     role: str = "student"
     init_from: str | None = None
     overrides: Mapping = field(default_factory=dict)
+    recipe_overrides: Mapping = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.name or not all(c.isalnum() or c in "_-" for c in self.name):
@@ -80,14 +85,44 @@ class Run:
                               "and smoke mode are its recipe's); pass them to the recipe instead")
         object.__setattr__(self, "teacher", None if not teachers else teachers[0] if len(teachers) == 1 else teachers)
         object.__setattr__(self, "overrides", dict(sorted(coerce_overrides(dict(self.overrides)).items())))
+        object.__setattr__(self, "recipe_overrides", self._checked_recipe_overrides())
         lab = _LAB_RUNS.get(self.name)
         if lab is not None and lab != self:
             raise ConfigError(f"{self.name!r} is one of the lab's six runs; give your run another name")
         REGISTRY[self.name] = self
 
+    def _checked_recipe_overrides(self) -> dict:
+        from .recipes import RECIPES
+
+        out = {}
+        for recipe_name, settings in sorted(dict(self.recipe_overrides).items()):
+            if recipe_name not in RECIPES:
+                raise ConfigError(f"run {self.name}: recipe_overrides names recipe {recipe_name!r}, which is "
+                                  f"unknown; choose among {', '.join(RECIPES)}")
+            if not isinstance(settings, Mapping):
+                raise ConfigError(f"run {self.name}: recipe_overrides[{recipe_name!r}] must be a dict of "
+                                  f"settings (e.g. {{'epochs': 3}}), got {settings!r}")
+            bad = sorted(set(settings) & set(_NOT_PER_RUN))
+            if bad:
+                raise ConfigError(f"run {self.name}: {', '.join(bad)} cannot be set per run (a run's data "
+                                  "and smoke mode are its recipe's); pass them to the recipe instead")
+            out[recipe_name] = dict(sorted(coerce_overrides(dict(settings)).items()))
+        return out
+
+    def overrides_in(self, recipe: Recipe) -> dict:
+        """This run's own settings in ``recipe``: ``overrides``, then that recipe's
+        ``recipe_overrides``; in smoke mode, epochs capped at the smoke recipe's."""
+        out = {**self.overrides, **self.recipe_overrides.get(recipe.name, {})}
+        if recipe.smoke:
+            for key in ("epochs", "teacher_epochs"):
+                if key in out:
+                    out[key] = min(out[key], getattr(recipe, key))
+        return out
+
     def __hash__(self):
         return hash((self.name, self.method, self.teacher, self.arch, self.pretrained, self.role,
-                     self.init_from, tuple(self.overrides.items())))
+                     self.init_from, tuple(self.overrides.items()),
+                     tuple((k, tuple(v.items())) for k, v in self.recipe_overrides.items())))
 
     @property
     def teachers(self) -> tuple[str, ...]:
@@ -132,8 +167,9 @@ def get_run(name: str | Run) -> Run:
 
 
 def recipe_of(spec: Run, recipe: Recipe) -> Recipe:
-    """``recipe`` with the run's own overrides."""
-    return validate(replace(recipe, **spec.overrides)) if spec.overrides else recipe
+    """``recipe`` with the run's own settings (``Run.overrides_in``)."""
+    overrides = spec.overrides_in(recipe)
+    return validate(replace(recipe, **overrides)) if overrides else recipe
 
 
 def arch_of(spec: Run, recipe: Recipe) -> str:
@@ -193,8 +229,8 @@ def trains_the_same(a: Run, b: Run, recipe: Recipe) -> bool:
     "pretrained" namesake build the same network from the same seed and see the same
     batches: ``train_or_load`` then reuses the finished one instead of training it again.
     """
-    same = (a.role, a.method, a.teachers, a.arch, a.init_from, a.overrides) == \
-           (b.role, b.method, b.teachers, b.arch, b.init_from, b.overrides)
+    same = (a.role, a.method, a.teachers, a.arch, a.init_from, a.overrides_in(recipe)) == \
+           (b.role, b.method, b.teachers, b.arch, b.init_from, b.overrides_in(recipe))
     return same and uses_pretrained(a, recipe) == uses_pretrained(b, recipe)
 
 
