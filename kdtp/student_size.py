@@ -182,11 +182,16 @@ def size_rows(results: Mapping[str, Mapping[str, RunResult]], teacher: RunResult
     return rows + [_row(teacher_arch, "teacher", teacher, measured[teacher_arch], sweep_rows)]
 
 
-def kd_gains(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+def kd_gains(rows: Sequence[Mapping[str, Any]],
+             correct: Mapping[str, Sequence[bool]] | None = None) -> list[dict]:
     """Per size: KD's accuracy minus the labels-only one, with its standard error and verdict.
 
-    ``kdtp.stats.compare_runs`` pairs the seeds both runs have (two or more), else falls
-    back to the test-set SE of one run each (conservative: both see the same images).
+    ``kdtp.stats.compare_runs`` pairs the seeds both runs have (two or more). With one run
+    each, ``correct`` (run name -> which test images it gets right, ``kdtp.train.
+    correct_per_image``) compares them image by image (``stats.same_images_difference``):
+    both runs see the same test images, so the images both get right or both get wrong
+    cancel, and the SE is about half the test-set SE of two independent runs, which is the
+    fallback without ``correct``.
     """
     by_arch: dict[str, dict] = {}
     for r in rows:
@@ -195,11 +200,28 @@ def kd_gains(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
     gains = []
     for arch, pair in by_arch.items():
         base, kd = pair[LABELS], pair[KD]
-        diff = stats.compare_runs(base["seed_rows"] + kd["seed_rows"], base["run"], kd["run"])
+        one_run_each = len(base["seed_rows"]) == len(kd["seed_rows"]) == 1
+        if one_run_each and correct and base["run"] in correct and kd["run"] in correct:
+            for r in (base, kd):
+                _check_answers(r, correct[r["run"]])
+            diff = stats.same_images_difference(correct[base["run"]], correct[kd["run"]])
+        else:
+            diff = stats.compare_runs(base["seed_rows"] + kd["seed_rows"], base["run"], kd["run"])
         gains.append({"arch": arch, "params": base["params"], "gain": diff.mean, "se": diff.se,
                       "method": diff.method, "verdict": stats.verdict(diff.mean, diff.se),
                       "text": stats.describe_gain(LABELS, KD, diff), "smoke": base["smoke"] or kd["smoke"]})
     return gains
+
+
+def _check_answers(row: Mapping[str, Any], answers: Sequence[bool]) -> None:
+    """Per-image answers must be the run's own on its test set: same count, same accuracy
+    (within 1 point: a checkpoint scored on another device flips a few images)."""
+    answers = [bool(a) for a in answers]
+    acc = sum(answers) / max(len(answers), 1)
+    if (row["n_test"] is not None and len(answers) != row["n_test"]) or abs(acc - row["acc"]) > 0.01:
+        raise ValueError(f"{row['run']}: {len(answers)} per-image answers with accuracy {acc:.4f}, but the run "
+                         f"scored {row['acc']:.4f} on {row['n_test']} test images; pass each run's own "
+                         "kdtp.train.correct_per_image on the test loader of its recipe")
 
 
 def best_size(gains: Sequence[Mapping[str, Any]]) -> dict:

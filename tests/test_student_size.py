@@ -147,6 +147,33 @@ def test_rows_are_measured_sorted_by_size_and_carry_the_test_set_se():
     assert "+4.00" in text and "(smoke)" not in text
 
 
+def _answers(acc: float, n: int = N_TEST, shift: int = 0) -> list[bool]:
+    right = round(acc * n)
+    return [(i + shift) % n < right for i in range(n)]
+
+
+def test_one_run_each_is_compared_on_the_same_images_when_answers_are_given():
+    results, teacher, speeds = _family()
+    rows = ss.size_rows(results, teacher, RECIPE, speeds=speeds)
+    names = {arch: (r[ss.LABELS].name, r[ss.KD].name) for arch, r in results.items()}
+    # cnn_w4: KD gets right every image the baseline gets right, and 4% more
+    correct = {names["cnn_w4"][0]: _answers(0.70), names["cnn_w4"][1]: _answers(0.74),
+               names["cnn_w8"][0]: _answers(0.80), names["cnn_w8"][1]: _answers(0.81)}
+    gains = ss.kd_gains(rows, correct)
+    g = gains[0]
+    d = [0.0] * round(0.70 * N_TEST) + [1.0] * round(0.04 * N_TEST) + [0.0] * round(0.26 * N_TEST)
+    mean = sum(d) / len(d)
+    se = (sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5     # by hand
+    assert g["method"] == "same images" and g["gain"] == pytest.approx(0.04) and g["se"] == pytest.approx(se)
+    assert g["se"] < ss.kd_gains(rows)[0]["se"] / 2, "tighter than two independent test-set SEs"
+    assert gains[1]["verdict"] == "significant gain", "+1 point with nested answers: beyond 2 SE paired"
+    # the answers of another run (or another test set) are refused, not silently paired
+    with pytest.raises(ValueError, match="correct_per_image"):
+        ss.kd_gains(rows, {**correct, names["cnn_w4"][1]: _answers(0.60)})
+    with pytest.raises(ValueError, match="test images"):
+        ss.kd_gains(rows, {**correct, names["cnn_w4"][1]: _answers(0.74, n=N_TEST // 2)})
+
+
 def test_other_seeds_of_the_same_configuration_give_mean_and_std():
     results, teacher, speeds = _family()
     base = results["cnn_w4"][ss.LABELS]
