@@ -27,7 +27,7 @@ from .data import CifarData, DeviceLoader, load_cifar10
 from .distillers import Strategy, Teacher, get_method
 from .env import ConfigError, seed_everything
 from .models import ARCHS, build_model, has_pretrained_weights
-from .recipes import Recipe, coerce_overrides, validate
+from .recipes import RECIPES, Recipe, coerce_overrides, validate
 
 TEACHER = "teacher_resnet50"
 ROLES = ("teacher", "student")
@@ -92,8 +92,6 @@ class Run:
         REGISTRY[self.name] = self
 
     def _checked_recipe_overrides(self) -> dict:
-        from .recipes import RECIPES
-
         out = {}
         for recipe_name, settings in sorted(dict(self.recipe_overrides).items()):
             if recipe_name not in RECIPES:
