@@ -16,7 +16,7 @@ KD temperature never makes the teacher look stale.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -34,10 +34,15 @@ ROLES = ("teacher", "student")
 # a run's data is its recipe's: these select or label the data and cannot differ per run
 _NOT_PER_RUN = ("name", "smoke", "synthetic", "train_subset", "val_subset", "test_subset")
 
+def _default_of(f):
+    """A dataclass field's default value (calling its factory where it has one)."""
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
 REGISTRY: dict[str, "Run"] = {}   # every declared run, the lab's six first
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Run:
     """One run: declaring it registers it under ``name`` (``train_or_load(name)`` finds it).
 
@@ -63,6 +68,13 @@ class Run:
     init_from: str | None = None
     overrides: Mapping = field(default_factory=dict)
     recipe_overrides: Mapping = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        """The declaration as a notebook would write it: the name and the fields that differ
+        from their defaults (a printed run is read by students, not only by the kit)."""
+        shown = [repr(self.name)] + [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)[1:]
+                                     if getattr(self, f.name) != _default_of(f)]
+        return f"Run({', '.join(shown)})"
 
     def __post_init__(self):
         if not self.name or not all(c.isalnum() or c in "_-" for c in self.name):

@@ -321,6 +321,12 @@ def table(rows: Sequence[Mapping[str, Any]], key: str = "test_acc") -> list[dict
     return [run_summary(run, seeds, key) for run, seeds in by_run_and_seed(rows, key).items()]
 
 
+def seeds_in_common(rows: Sequence[Mapping[str, Any]], run_a: str, run_b: str, key: str = "test_acc") -> int:
+    """How many seeds both runs have rows for: 2 or more allow a comparison paired by seed."""
+    grouped = by_run_and_seed(rows, key)
+    return len(set(grouped.get(run_a, {})) & set(grouped.get(run_b, {})))
+
+
 def compare_runs(rows: Sequence[Mapping[str, Any]], baseline: str, other: str,
                  key: str = "test_acc") -> Difference:
     """``other - baseline`` from result rows, with the best standard error the rows allow.

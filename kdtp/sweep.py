@@ -211,6 +211,48 @@ def run_cells(cells: list[Cell], recipe, smoke, sets: dict, out: Path, ckpt_dir=
     return rows
 
 
+def train_seeds(runs: list[str], recipe, seeds: list[int], out: Path | None = None, *, ckpt_dir=None,
+                data_dir=None, verbose: bool = False, progress: bool = True) -> dict[int, dict]:
+    """Train-or-load each of ``runs`` at each seed, in this process: ``{seed: {run: RunResult}}``.
+
+    What a notebook calls to put several seeds behind one comparison (06: the labels-only
+    and the KD student at seeds 0, 1, 2). Each (run, seed) is a sweep cell: its row lands
+    in the recipe's sweep file like one of ``python -m kdtp sweep``'s, so the instructor's
+    sweep and the lab's seeds are one record (a loaded run's row repeats its earlier one;
+    ``read_rows`` keeps one per configuration). In load-only mode (the instructor's demo,
+    ``kdtp rehearse``) a seed that is neither trained here nor published is left out,
+    and said so, instead of failing the notebook: only the seeds that exist are compared.
+    """
+    from .env import load_only_mode
+    from .recipes import get_recipe
+    from .runner import run_folder, train_or_load
+    from .store import CheckpointError
+
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"train_seeds: give distinct seeds, e.g. [0, 1, 2] (got {seeds!r})")
+    resolved = get_recipe(recipe)
+    out = Path(out) if out is not None else run_folder(resolved, ckpt_dir) / SWEEP_FILE
+    found: dict[int, dict] = {}
+    for seed in seeds:
+        pair = {}
+        for run in runs:
+            start = time.perf_counter()
+            try:
+                result = train_or_load(run, resolved, ckpt_dir=ckpt_dir, data_dir=data_dir, verbose=verbose,
+                                       progress=progress, seed=seed)
+            except CheckpointError as exc:
+                if not load_only_mode():
+                    raise
+                print(f"seed {seed} left out: {run} is neither trained here nor published ({str(exc)[:160]})")
+                pair = None
+                break
+            pair[run] = result
+            append_row(out, row_for(Cell(run, seed), result, time.perf_counter() - start))
+        if pair is not None:
+            found[seed] = pair
+    return found
+
+
 def _gpu_count() -> int:
     import torch
     return torch.cuda.device_count() if torch.cuda.is_available() else 0

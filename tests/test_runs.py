@@ -94,3 +94,11 @@ def test_the_second_teacher_of_10_trains_six_epochs_in_cpu_air_only():
         recipe = get_recipe(name, smoke=False)
         assert training_settings(b, recipe)["epochs"] == recipe.teacher_epochs
     assert training_settings(b, get_recipe("cpu_air", smoke=True))["epochs"] == 1
+
+
+def test_a_printed_run_shows_its_declaration_not_its_defaults():
+    from kdtp.runs import REGISTRY
+    assert repr(REGISTRY["student_pretrained_baseline"]) == "Run('student_pretrained_baseline', pretrained=True)"
+    text = repr(REGISTRY["teacher_b"])
+    assert "recipe_overrides={'cpu_air': {'teacher_epochs': 6}}" in text and "method=" not in text
+    assert "recipe_overrides" not in repr(REGISTRY["student_kd_pruned"])

@@ -109,6 +109,14 @@ def test_compare_runs_pairs_seeds_in_common():
     assert d.method == "paired" and d.n == 3 and d.t == pytest.approx(7.0)
 
 
+def test_seeds_in_common_counts_the_seeds_both_runs_have():
+    rows = [row("baseline", s, a) for s, a in A.items()] + [row("kd", s, a) for s, a in B.items()]
+    rows += [row("baseline", 5, 0.5), row("kd", 6, 0.5)]
+    assert stats.seeds_in_common(rows, "baseline", "kd") == len(set(A) & set(B)) == 3
+    assert stats.seeds_in_common(rows, "baseline", "absent") == 0
+    assert stats.seeds_in_common([], "baseline", "kd") == 0
+
+
 def test_compare_runs_latest_row_per_seed_wins():
     rows = [row("baseline", 0, 0.5), row("baseline", 0, 0.8283), row("kd", 0, 0.8342)]
     d = stats.compare_runs(rows, "baseline", "kd")

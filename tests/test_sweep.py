@@ -125,3 +125,32 @@ def test_a_real_sweep_is_published_into_the_manifest_and_a_smoke_one_refused(tmp
     before = manifest.read_text()
     assert main(["publish", "--sweep", str(smoke), "--manifest", str(manifest)]) == 2
     assert "smoke" in capsys.readouterr().err and manifest.read_text() == before
+
+
+def test_the_labs_extra_seeds_train_once_land_in_the_sweep_file_and_then_load(tmp_path, monkeypatch):
+    from kdtp.recipes import get_recipe
+    recipe = get_recipe("fast", smoke=True, **TINY)
+    runs = ["student_pretrained_baseline", "student_pretrained_kd_logits"]
+    kw = dict(ckpt_dir=tmp_path / "ck", data_dir=tmp_path / "data", progress=False)
+    pairs = sweep.train_seeds(runs, recipe, [0, 1], **kw)
+    assert list(pairs) == [0, 1] and all(list(p) == runs for p in pairs.values())
+    assert all(r.config["seed"] == s and r.source == "trained" for s, p in pairs.items() for r in p.values())
+    assert len({pairs[s][runs[1]].config["teacher_config"] for s in pairs}) == 1, "one teacher for every seed"
+    out = runner.run_folder(recipe, tmp_path / "ck") / sweep.SWEEP_FILE
+    rows = sweep.read_rows(out)
+    assert sorted((r["run"], r["seed"]) for r in rows) == sorted((r, s) for s in (0, 1) for r in runs)
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished seed was trained again")
+    monkeypatch.setattr(runner, "train_run", no_training)
+    again = sweep.train_seeds(runs, recipe, [0, 1], **kw)
+    assert [r.test_acc for p in again.values() for r in p.values()] == \
+        [r.test_acc for p in pairs.values() for r in p.values()]
+    assert len(sweep.read_rows(out)) == 4                  # one row per run and configuration
+
+    # the instructor's demo (load only): a seed that was never trained is left out, and said so
+    monkeypatch.setenv("KDTP_LOAD_ONLY", "1")
+    demo = sweep.train_seeds(runs, recipe, [0, 1, 2], **kw)
+    assert list(demo) == [0, 1]
+    with pytest.raises(ConfigError, match="distinct seeds"):
+        sweep.train_seeds(runs, recipe, [0, 0], **kw)
