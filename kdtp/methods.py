@@ -5,7 +5,9 @@ the test-set standard error, what it takes from its teacher (the method's
 ``teacher_gives``) and the **measured** time of one training step relative to the
 labels-only baseline, timed here with ``torch.utils.benchmark`` on this machine (the
 seconds a checkpoint recorded were measured wherever it was trained, often elsewhere).
-``methods_figure(rows)`` draws them.
+``methods_figure(rows)`` draws them. With ``sweep_rows`` (a sweep file's rows) a run that
+was trained at several seeds gets its mean over seeds, with the SE of that mean
+(``seed_rows`` decides which rows are the same run at another seed).
 """
 from __future__ import annotations
 
@@ -53,10 +55,66 @@ def step_seconds(name: str, recipe: Recipe, device: torch.device | str = "cpu", 
     return float(timer.blocked_autorange(min_run_time=min_run_time).median)
 
 
+_SEED_FREE = ("seed", "teacher_config")
+
+
+def _same_but_seed(config: Mapping, other: Mapping) -> bool:
+    return ({k: v for k, v in config.items() if k not in _SEED_FREE}
+            == {k: v for k, v in other.items() if k not in _SEED_FREE})
+
+
+def seed_rows(results: Mapping[str, Any], sweep_rows: Sequence[Mapping[str, Any]] = ()) -> dict[str, list[dict]]:
+    """Per run of ``results``: its accuracy as ``kdtp.stats`` rows, its own seed and every
+    other seed a sweep trained of *the same experiment*.
+
+    A sweep row counts when its configuration equals the result's in everything but the
+    seed and the teacher, and its teacher is the same one: the result's teacher itself, or,
+    for a teacher that is a student trained at that same seed (born-again generations learn
+    from the previous generation of their own seed), that teacher's accepted row at the seed.
+    Anything else (another grid point, another teacher seed) is another experiment, left out.
+    """
+    hashes: dict[str, dict] = {}     # run -> {seed: config hash of the accepted run at that seed}
+    out: dict[str, list[dict]] = {}
+
+    def accept(name: str) -> dict:
+        if name in hashes:
+            return hashes[name]
+        result = results[name]
+        own_seed = result.config.get("seed")
+        n_test = (result.config.get("data_sizes") or {}).get("test")
+        hashes[name] = {own_seed: result.config_hash}
+        rows = {own_seed: {"run": name, "seed": own_seed, "test_acc": result.test_acc, "n_test": n_test,
+                           "smoke": result.smoke}}
+        teachers = [t for t in get_run(name).teachers if t in results]
+        seeded_teacher = teachers[0] if len(teachers) == 1 and get_run(teachers[0]).role == "student" else None
+        for r in sweep_rows:
+            config = r.get("config")
+            if (r.get("run") != name or not isinstance(config, Mapping) or r.get("seed") == own_seed
+                    or bool(r.get("smoke")) != result.smoke or not _same_but_seed(config, result.config)):
+                continue
+            teacher = config.get("teacher_config")
+            same_teacher = teacher == result.config.get("teacher_config") if seeded_teacher is None else \
+                teacher is not None and accept(seeded_teacher).get(r.get("seed")) == teacher
+            if same_teacher:
+                hashes[name][r["seed"]] = r.get("config_hash")
+                rows[r["seed"]] = {"run": name, "seed": r["seed"], "test_acc": float(r["test_acc"]),
+                                   "n_test": r.get("n_test"), "smoke": bool(r.get("smoke"))}
+        out[name] = list(rows.values())
+        return hashes[name]
+
+    for name in results:
+        accept(name)
+    return {name: out[name] for name in results}
+
+
 def method_rows(results: Mapping[str, Any], recipe: Recipe, *, baseline: str = "student_pretrained_baseline",
                 device: torch.device | str = "cpu", batch_size: int | None = None,
-                time_steps: bool = True) -> list[dict]:
-    """One row per run of ``results`` (name -> RunResult): accuracy, SE, cost, what it needs."""
+                time_steps: bool = True, sweep_rows: Sequence[Mapping[str, Any]] = ()) -> list[dict]:
+    """One row per run of ``results`` (name -> RunResult): accuracy, SE, cost, what it needs.
+
+    ``test_acc`` is the run's own accuracy, or its mean over the seeds ``sweep_rows`` hold of
+    it (``seed_rows``); ``se`` is then the SE of that mean, and ``seeds`` lists them."""
+    per_run = seed_rows(results, sweep_rows)
     if time_steps and baseline not in results:
         raise ValueError(f"the cost of a step is relative to {baseline!r}: include it in results")
     base_s = step_seconds(baseline, recipe, device, batch_size=batch_size) if time_steps else None
@@ -64,11 +122,13 @@ def method_rows(results: Mapping[str, Any], recipe: Recipe, *, baseline: str = "
     for name, result in results.items():
         spec = get_run(name)
         n_test = (result.config.get("data_sizes") or {}).get("test")
+        summary = stats.run_summary(name, {r["seed"]: r for r in per_run[name]})
         seconds = (base_s if name == baseline else step_seconds(name, recipe, device, batch_size=batch_size)) \
             if time_steps else None
         rows.append({
-            "run": name, "title": result.title, "method": spec.method, "test_acc": result.test_acc,
-            "se": stats.binomial_se(result.test_acc, n_test) if n_test else None, "n_test": n_test,
+            "run": name, "title": result.title, "method": spec.method, "test_acc": summary["mean"],
+            "se": summary["se"], "std": summary["std"], "n_seeds": summary["n_seeds"],
+            "seeds": sorted(r["seed"] for r in per_run[name]), "seed_rows": per_run[name], "n_test": n_test,
             "needs": "labels only" if spec.method == "baseline" else get_method(spec.method).teacher_gives,
             "learns_from": ", ".join(spec.teachers) or "-",
             "step_ms": None if seconds is None else 1000 * seconds,
@@ -80,11 +140,12 @@ def method_rows(results: Mapping[str, Any], recipe: Recipe, *, baseline: str = "
 
 def methods_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The rows as aligned text (smoke rows say so)."""
-    lines = [f"{'run':30} {'test acc':>16} {'step vs baseline':>17}  needs from its teacher"]
+    lines = [f"{'run':30} {'test acc ± SE':>16} {'seeds':>5} {'step vs baseline':>17}  needs from its teacher"]
     for r in rows:
         acc = f"{r['test_acc']:.4f}" + (f" ± {r['se']:.4f}" if r.get("se") is not None else "")
         cost = "-" if r.get("cost_vs_baseline") is None else f"{r['cost_vs_baseline']:.2f}x"
-        lines.append(f"{r['run']:30} {acc:>16} {cost:>17}  {r['needs']}{'  (smoke)' if r.get('smoke') else ''}")
+        lines.append(f"{r['run']:30} {acc:>16} {r.get('n_seeds', 1):>5} {cost:>17}  "
+                     f"{r['needs']}{'  (smoke)' if r.get('smoke') else ''}")
     return "\n".join(lines)
 
 

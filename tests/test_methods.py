@@ -45,3 +45,43 @@ def test_rows_carry_accuracy_se_cost_and_what_the_teacher_gives():
 def test_the_baseline_must_be_among_the_results():
     with pytest.raises(ValueError, match="include it"):
         methods.method_rows({"student_ps_kd": _result("student_ps_kd", 0.8)}, RECIPE)
+
+
+def _seeded(name, acc, seed=0, teacher="T0", **extra):
+    r = _result(name, acc)
+    r.config.update(seed=seed, temperature=1.0, **extra)
+    if runs.get_run(name).teachers:
+        r.config["teacher_config"] = teacher
+    r.config_hash = f"{name}-{seed}-{teacher}"
+    return r
+
+
+def _row(result, **config):
+    return {"run": result.name, "seed": result.config["seed"], "test_acc": result.test_acc, "n_test": 10_000,
+            "smoke": False, "config_hash": result.config_hash, "config": {**result.config, **config}}
+
+
+def test_a_sweep_adds_the_same_experiment_at_other_seeds_and_nothing_else():
+    base, kd = "student_scratch_baseline", "student_pretrained_kd_logits"
+    gen1 = "born_again_gen1"                             # its teacher: the baseline of its own seed
+    results = {base: _seeded(base, 0.80), kd: _seeded(kd, 0.82), gen1: _seeded(gen1, 0.81, teacher=f"{base}-0-T0")}
+    b1, b2 = _seeded(base, 0.81, seed=1), _seeded(base, 0.79, seed=2)
+    sweep_rows = [
+        _row(b1), _row(b2),
+        _row(_seeded(kd, 0.84, seed=1)), _row(_seeded(kd, 0.83, seed=2)),
+        _row(_seeded(kd, 0.70, seed=3), temperature=4.0),          # another grid point: not this run
+        _row(_seeded(kd, 0.70, seed=4, teacher="T1")),             # another teacher: not this run
+        _row(_seeded(gen1, 0.82, seed=1, teacher=b1.config_hash)),  # the seed-1 baseline's student: yes
+        _row(_seeded(gen1, 0.70, seed=2, teacher="someone-else")),  # learnt from another network: no
+    ]
+    per_run = methods.seed_rows(results, sweep_rows)
+    assert sorted(r["seed"] for r in per_run[base]) == [0, 1, 2]
+    assert sorted(r["seed"] for r in per_run[kd]) == [0, 1, 2]
+    assert sorted(r["seed"] for r in per_run[gen1]) == [0, 1]
+    rows = {r["run"]: r for r in methods.method_rows(results, RECIPE, baseline=base, time_steps=False,
+                                                     sweep_rows=sweep_rows)}
+    assert rows[kd]["test_acc"] == pytest.approx((0.82 + 0.84 + 0.83) / 3) and rows[kd]["n_seeds"] == 3
+    assert rows[kd]["se"] == pytest.approx(0.01 / 3 ** 0.5)         # std 0.01 over 3 seeds
+    assert rows[gen1]["seeds"] == [0, 1]
+    assert methods.method_rows(results, RECIPE, baseline=base, time_steps=False)[1]["n_seeds"] == 1
+    assert " 3 " in methods.methods_table(list(rows.values()))
