@@ -7,7 +7,7 @@ labels-only baseline, timed here with ``torch.utils.benchmark`` on this machine 
 seconds a checkpoint recorded were measured wherever it was trained, often elsewhere).
 ``methods_figure(rows)`` draws them. With ``sweep_rows`` (a sweep file's rows) a run that
 was trained at several seeds gets its mean over seeds, with the SE of that mean
-(``seed_rows`` decides which rows are the same run at another seed).
+(``kdtp.sweep.seed_rows`` decides which rows are the same run at another seed).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from .distillers import get_method
 from .plot_style import KD_COLOR, STUDENT_COLOR, TEACHER_COLOR, finish, is_smoke, short_name
 from .recipes import Recipe
 from .runs import build_network, build_strategy, get_run, recipe_of
+from .sweep import seed_rows  # noqa: F401  (re-exported: the rows 13 pairs by seed)
 
 
 def step_seconds(name: str, recipe: Recipe, device: torch.device | str = "cpu", *,
@@ -53,58 +54,6 @@ def step_seconds(name: str, recipe: Recipe, device: torch.device | str = "cpu", 
     step()   # warm-up (allocations, oneDNN primitive selection)
     timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
     return float(timer.blocked_autorange(min_run_time=min_run_time).median)
-
-
-_SEED_FREE = ("seed", "teacher_config")
-
-
-def _same_but_seed(config: Mapping, other: Mapping) -> bool:
-    return ({k: v for k, v in config.items() if k not in _SEED_FREE}
-            == {k: v for k, v in other.items() if k not in _SEED_FREE})
-
-
-def seed_rows(results: Mapping[str, Any], sweep_rows: Sequence[Mapping[str, Any]] = ()) -> dict[str, list[dict]]:
-    """Per run of ``results``: its accuracy as ``kdtp.stats`` rows, its own seed and every
-    other seed a sweep trained of *the same experiment*.
-
-    A sweep row counts when its configuration equals the result's in everything but the
-    seed and the teacher, and its teacher is the same one: the result's teacher itself, or,
-    for a teacher that is a student trained at that same seed (born-again generations learn
-    from the previous generation of their own seed), that teacher's accepted row at the seed.
-    Anything else (another grid point, another teacher seed) is another experiment, left out.
-    """
-    hashes: dict[str, dict] = {}     # run -> {seed: config hash of the accepted run at that seed}
-    out: dict[str, list[dict]] = {}
-
-    def accept(name: str) -> dict:
-        if name in hashes:
-            return hashes[name]
-        result = results[name]
-        own_seed = result.config.get("seed")
-        n_test = (result.config.get("data_sizes") or {}).get("test")
-        hashes[name] = {own_seed: result.config_hash}
-        rows = {own_seed: {"run": name, "seed": own_seed, "test_acc": result.test_acc, "n_test": n_test,
-                           "smoke": result.smoke}}
-        teachers = [t for t in get_run(name).teachers if t in results]
-        seeded_teacher = teachers[0] if len(teachers) == 1 and get_run(teachers[0]).role == "student" else None
-        for r in sweep_rows:
-            config = r.get("config")
-            if (r.get("run") != name or not isinstance(config, Mapping) or r.get("seed") == own_seed
-                    or bool(r.get("smoke")) != result.smoke or not _same_but_seed(config, result.config)):
-                continue
-            teacher = config.get("teacher_config")
-            same_teacher = teacher == result.config.get("teacher_config") if seeded_teacher is None else \
-                teacher is not None and accept(seeded_teacher).get(r.get("seed")) == teacher
-            if same_teacher:
-                hashes[name][r["seed"]] = r.get("config_hash")
-                rows[r["seed"]] = {"run": name, "seed": r["seed"], "test_acc": float(r["test_acc"]),
-                                   "n_test": r.get("n_test"), "smoke": bool(r.get("smoke"))}
-        out[name] = list(rows.values())
-        return hashes[name]
-
-    for name in results:
-        accept(name)
-    return {name: out[name] for name in results}
 
 
 def method_rows(results: Mapping[str, Any], recipe: Recipe, *, baseline: str = "student_pretrained_baseline",

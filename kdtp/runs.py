@@ -34,6 +34,7 @@ ROLES = ("teacher", "student")
 # a run's data is its recipe's: these select or label the data and cannot differ per run
 _NOT_PER_RUN = ("name", "smoke", "synthetic", "train_subset", "val_subset", "test_subset")
 
+
 def _default_of(f):
     """A dataclass field's default value (calling its factory where it has one)."""
     return f.default_factory() if f.default_factory is not MISSING else f.default

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from . import stats
+from . import stats, sweep
 from .env import ConfigError
 from .latency import latency_and_throughput
 from .models import build_model, count_parameters
@@ -125,24 +125,11 @@ def speed(model: nn.Module, recipe: Recipe) -> dict:
 
 
 # ----------------------------------------------------------------------------- rows
-def _config_but_seed(config: Mapping) -> dict:
-    return {k: v for k, v in config.items() if k != "seed"}
-
-
 def seed_rows(result: RunResult, sweep_rows: Iterable[Mapping[str, Any]] = ()) -> list[dict]:
     """The run's accuracy as ``kdtp.stats`` rows: this result, plus every other seed a sweep
-    trained with the very same configuration (a row whose settings differ in anything but the
-    seed is another experiment and is left out)."""
-    n_test = (result.config.get("data_sizes") or {}).get("test")
-    own = {"run": result.name, "seed": result.config.get("seed"), "test_acc": result.test_acc,
-           "n_test": n_test, "smoke": result.smoke}
-    wanted = _config_but_seed(result.config)
-    others = [{"run": result.name, "seed": r["seed"], "test_acc": float(r["test_acc"]),
-               "n_test": r.get("n_test"), "smoke": bool(r.get("smoke"))}
-              for r in sweep_rows
-              if r.get("run") == result.name and isinstance(r.get("config"), Mapping)
-              and r.get("seed") != own["seed"] and _config_but_seed(r["config"]) == wanted]
-    return others + [own]
+    trained of the very same experiment (``kdtp.sweep.seed_rows``: same configuration but the
+    seed, same teacher; anything else is another experiment and is left out)."""
+    return sweep.seed_rows({result.name: result}, list(sweep_rows))[result.name]
 
 
 def _row(arch: str, training: str, result: RunResult, measured: Mapping, sweep_rows) -> dict:

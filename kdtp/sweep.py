@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from .env import ConfigError
 
@@ -218,8 +219,7 @@ def train_seeds(runs: list[str], recipe, seeds: list[int], out: Path | None = No
     What a notebook calls to put several seeds behind one comparison (06: the labels-only
     and the KD student at seeds 0, 1, 2). Each (run, seed) is a sweep cell: its row lands
     in the recipe's sweep file like one of ``python -m kdtp sweep``'s, so the instructor's
-    sweep and the lab's seeds are one record (a loaded run's row repeats its earlier one;
-    ``read_rows`` keeps one per configuration). In load-only mode (the instructor's demo,
+    sweep and the lab's seeds are one record (a run already there is not written again). In load-only mode (the instructor's demo,
     ``kdtp rehearse``) a seed that is neither trained here nor published is left out,
     and said so, instead of failing the notebook: only the seeds that exist are compared.
     """
@@ -232,6 +232,7 @@ def train_seeds(runs: list[str], recipe, seeds: list[int], out: Path | None = No
         raise ConfigError(f"train_seeds: give distinct seeds, e.g. [0, 1, 2] (got {seeds!r})")
     resolved = get_recipe(recipe)
     out = Path(out) if out is not None else run_folder(resolved, ckpt_dir) / SWEEP_FILE
+    known = {(r["run"], r["config_hash"]) for r in read_rows(out)} if out.is_file() else set()
     found: dict[int, dict] = {}
     for seed in seeds:
         pair = {}
@@ -247,10 +248,67 @@ def train_seeds(runs: list[str], recipe, seeds: list[int], out: Path | None = No
                 pair = None
                 break
             pair[run] = result
-            append_row(out, row_for(Cell(run, seed), result, time.perf_counter() - start))
+            if (run, result.config_hash) not in known:
+                append_row(out, row_for(Cell(run, seed), result, time.perf_counter() - start))
+                known.add((run, result.config_hash))
         if pair is not None:
             found[seed] = pair
     return found
+
+
+# ----------------------------------------------------------------------------- seeds of one experiment
+_SEED_FREE = ("seed", "teacher_config")
+
+
+def _same_but_seed(config: Mapping, other: Mapping) -> bool:
+    return ({k: v for k, v in config.items() if k not in _SEED_FREE}
+            == {k: v for k, v in other.items() if k not in _SEED_FREE})
+
+
+def seed_rows(results: Mapping[str, Any], sweep_rows: Sequence[Mapping[str, Any]] = ()) -> dict[str, list[dict]]:
+    """Per run of ``results``: its accuracy as ``kdtp.stats`` rows, its own seed and every
+    other seed a sweep trained of *the same experiment*.
+
+    A sweep row counts when its configuration equals the result's in everything but the
+    seed and the teacher, and its teacher is the same one: the result's teacher itself, or,
+    for a teacher that is a student trained at that same seed (born-again generations learn
+    from the previous generation of their own seed), that teacher's accepted row at the seed.
+    Anything else (another grid point, another teacher seed) is another experiment, left out.
+    """
+    hashes: dict[str, dict] = {}     # run -> {seed: config hash of the accepted run at that seed}
+    out: dict[str, list[dict]] = {}
+
+    def accept(name: str) -> dict:
+        if name in hashes:
+            return hashes[name]
+        result = results[name]
+        own_seed = result.config.get("seed")
+        n_test = (result.config.get("data_sizes") or {}).get("test")
+        hashes[name] = {own_seed: result.config_hash}
+        rows = {own_seed: {"run": name, "seed": own_seed, "test_acc": result.test_acc, "n_test": n_test,
+                           "smoke": result.smoke}}
+        from .runs import get_run
+
+        teachers = [t for t in get_run(name).teachers if t in results]
+        seeded_teacher = teachers[0] if len(teachers) == 1 and get_run(teachers[0]).role == "student" else None
+        for r in sweep_rows:
+            config = r.get("config")
+            if (r.get("run") != name or not isinstance(config, Mapping) or r.get("seed") == own_seed
+                    or bool(r.get("smoke")) != result.smoke or not _same_but_seed(config, result.config)):
+                continue
+            teacher = config.get("teacher_config")
+            same_teacher = teacher == result.config.get("teacher_config") if seeded_teacher is None else \
+                teacher is not None and accept(seeded_teacher).get(r.get("seed")) == teacher
+            if same_teacher:
+                hashes[name][r["seed"]] = r.get("config_hash")
+                rows[r["seed"]] = {"run": name, "seed": r["seed"], "test_acc": float(r["test_acc"]),
+                                   "n_test": r.get("n_test"), "smoke": bool(r.get("smoke"))}
+        out[name] = list(rows.values())
+        return hashes[name]
+
+    for name in results:
+        accept(name)
+    return {name: out[name] for name in results}
 
 
 def _gpu_count() -> int:

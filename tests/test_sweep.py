@@ -147,6 +147,7 @@ def test_the_labs_extra_seeds_train_once_land_in_the_sweep_file_and_then_load(tm
     assert [r.test_acc for p in again.values() for r in p.values()] == \
         [r.test_acc for p in pairs.values() for r in p.values()]
     assert len(sweep.read_rows(out)) == 4                  # one row per run and configuration
+    assert len(out.read_text().splitlines()) == 4          # a loaded run is not written again
 
     # the instructor's demo (load only): a seed that was never trained is left out, and said so
     monkeypatch.setenv("KDTP_LOAD_ONLY", "1")
