@@ -88,19 +88,26 @@ def method_rows(results: Mapping[str, Any], recipe: Recipe, *, baseline: str = "
 
 
 def methods_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The rows as aligned text (smoke rows say so)."""
-    lines = [f"{'run':30} {'test acc ± SE':>16} {'seeds':>5} {'step vs baseline':>17}  needs from its teacher"]
+    """The rows as aligned text (smoke rows say so).
+
+    The spread after "±" is the **std over seeds** where a run has two or more (what another
+    seed does), else the test set's binomial SE of the one run; the "±" column says which,
+    so neither reads as the other (issue 13)."""
+    lines = [f"{'run':30} {'test acc':>8} {'±':>7} {'± is':>12} {'step vs baseline':>17}  needs from its teacher"]
     for r in rows:
-        acc = f"{r['test_acc']:.4f}" + (f" ± {r['se']:.4f}" if r.get("se") is not None else "")
+        n_seeds = r.get("n_seeds", 1) or 1
+        spread, kind = (r.get("std"), f"std, {n_seeds} seeds") if n_seeds >= 2 else (r.get("se"), "SE, 1 run")
+        spread_text = "-" if spread is None else f"{spread:.4f}"
         cost = "-" if r.get("cost_vs_baseline") is None else f"{r['cost_vs_baseline']:.2f}x"
-        lines.append(f"{r['run']:30} {acc:>16} {r.get('n_seeds', 1):>5} {cost:>17}  "
+        lines.append(f"{r['run']:30} {r['test_acc']:>8.4f} {spread_text:>7} {kind:>12} {cost:>17}  "
                      f"{r['needs']}{'  (smoke)' if r.get('smoke') else ''}")
     return "\n".join(lines)
 
 
 def methods_figure(rows: Sequence[Mapping[str, Any]], smoke: bool | None = None,
                    title: str = "Every method: accuracy (± 1 SE) and cost of a step") -> Figure:
-    """Accuracy bars with their standard error, each labelled with its step cost."""
+    """Accuracy bars with their standard error (of the mean over seeds, else of the test set),
+    each seed as a dot where a run has several, each bar labelled with its step cost."""
     smoke = is_smoke(list(rows), smoke)
     fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(rows)), 4.4))
     accs = [r["test_acc"] for r in rows]
@@ -108,11 +115,21 @@ def methods_figure(rows: Sequence[Mapping[str, Any]], smoke: bool | None = None,
     colors = [TEACHER_COLOR if get_run(r["run"]).role == "teacher" else
               STUDENT_COLOR if r["method"] == "baseline" else KD_COLOR for r in rows]
     ax.bar(range(len(rows)), accs, yerr=errs, color=colors, capsize=4)
+    seed_accs = [[float(x["test_acc"]) for x in r.get("seed_rows") or ()] if (r.get("n_seeds") or 1) >= 2 else []
+                 for r in rows]
+    for i, values in enumerate(seed_accs):        # each seed as a dot: the spread the mean hides
+        if not values:
+            continue
+        ax.scatter([i] * len(values), values, color="black", s=12, zorder=3,
+                   label="one seed" if values and not any(seed_accs[:i]) else None)
+    if any(seed_accs):
+        ax.legend(loc="lower right", fontsize=8)
     for i, r in enumerate(rows):
         if r.get("cost_vs_baseline") is not None:
             ax.annotate(f"{r['cost_vs_baseline']:.1f}x", (i, accs[i] + errs[i]), ha="center",
                         va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
-    low, high = min(a - e for a, e in zip(accs, errs)), max(a + e for a, e in zip(accs, errs))
+    low = min([a - e for a, e in zip(accs, errs)] + [v for values in seed_accs for v in values])
+    high = max([a + e for a, e in zip(accs, errs)] + [v for values in seed_accs for v in values])
     margin = max(0.2 * (high - low), 0.01)
     ax.set(ylim=(max(0.0, low - margin), min(1.0, high + 2 * margin)),
            ylabel="test accuracy (axis does not start at 0)")

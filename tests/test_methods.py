@@ -85,3 +85,20 @@ def test_a_sweep_adds_the_same_experiment_at_other_seeds_and_nothing_else():
     assert rows[gen1]["seeds"] == [0, 1]
     assert methods.method_rows(results, RECIPE, baseline=base, time_steps=False)[1]["n_seeds"] == 1
     assert " 3 " in methods.methods_table(list(rows.values()))
+
+
+def test_the_table_gives_the_std_over_seeds_and_the_test_set_se_for_one_run():
+    one = {"run": "student_ps_kd", "test_acc": 0.80, "se": 0.004, "std": None, "n_seeds": 1,
+           "cost_vs_baseline": 1.0, "needs": "nothing"}
+    three = {"run": "student_pretrained_kd_logits", "test_acc": 0.83, "se": 0.01 / 3 ** 0.5, "std": 0.01,
+             "n_seeds": 3, "cost_vs_baseline": 1.2, "needs": "its logits",
+             "seed_rows": [{"test_acc": a} for a in (0.82, 0.83, 0.84)], "method": "kd_logits"}
+    lines = methods.methods_table([one, three]).splitlines()
+    assert "0.0040" in lines[1] and "SE, 1 run" in lines[1]
+    assert "0.0100" in lines[2] and "std, 3 seeds" in lines[2]      # the std, not its SE 0.0058
+    assert "0.0058" not in lines[2]
+    one["method"] = "ps_kd"
+    fig = methods.methods_figure([one, three], smoke=True)
+    from matplotlib.collections import PathCollection
+    dots = [c for c in fig.axes[0].collections if isinstance(c, PathCollection)]
+    assert [list(map(float, d.get_offsets()[:, 1])) for d in dots] == [[0.82, 0.83, 0.84]]
