@@ -96,6 +96,10 @@ def test_time_estimate_only_where_results_md_measured_it(no_gpu, monkeypatch):
     monkeypatch.setattr(env, "cpu_class", lambda: "cpu-amx")
     assert "unknown (nothing measured for this device class, cpu-amx" in doctor.time_fact(cpu, ALL_TRAIN).line
     assert "every run downloads" in doctor.time_fact(cpu, {r: "download" for r in RUNS}).line
+    # the default CPU recipe on the slowest class has a row too, and it says it is not a measured lab
+    monkeypatch.setattr(env, "cpu_class", lambda: "cpu-avx2")
+    air = doctor.time_fact(get_recipe("cpu_air", smoke=False), ALL_TRAIN).line
+    assert "40 min" in air and "estimate" in air and "29-34" not in air
 
 
 def test_checkpoint_folder_read_only_full_or_fine(tmp_path, monkeypatch):
