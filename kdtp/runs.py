@@ -230,7 +230,11 @@ def short_label(spec: Run, recipe: Recipe) -> str:
              else f"from {spec.init_from}" if spec.init_from else "scratch")
     if spec.arch:
         start = f"{spec.arch}, {start}"
-    return f"{start}\n{get_method(spec.method).short}"
+    label = f"{start}\n{get_method(spec.method).short}"
+    students = [t for t in spec.teachers if t in REGISTRY and REGISTRY[t].role != "teacher"]
+    if students:   # born-again: "KD logits" alone would read as 03's student
+        label += "\nof " + ", ".join(t.removeprefix("student_").replace("_", " ") for t in students)
+    return label
 
 
 def trains_the_same(a: Run, b: Run, recipe: Recipe) -> bool:

@@ -102,3 +102,11 @@ def test_the_table_gives_the_std_over_seeds_and_the_test_set_se_for_one_run():
     from matplotlib.collections import PathCollection
     dots = [c for c in fig.axes[0].collections if isinstance(c, PathCollection)]
     assert [list(map(float, d.get_offsets()[:, 1])) for d in dots] == [[0.82, 0.83, 0.84]]
+
+
+def test_a_born_again_bar_names_the_student_it_learnt_from():
+    labels = {n: runs.short_label(runs.get_run(n), RECIPE)
+              for n in ("student_pretrained_kd_logits", "born_again_gen1", "born_again_gen2")}
+    assert len(set(labels.values())) == 3, labels          # three bars, three different labels
+    assert labels["born_again_gen2"].endswith("of born again gen1")
+    assert "\nof " not in labels["student_pretrained_kd_logits"]   # a teacher-role teacher is not named
