@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             from .publish import publish
 
             if args.sweep is not None:
-                from .sweep import publish_sweep
+                from .sweep_publish import publish_sweep
 
                 return publish_sweep(args.sweep, args.manifest)
             return publish(recipe=args.recipe, ckpt_dir=args.ckpt_dir, manifest=args.manifest, ids=args.id,

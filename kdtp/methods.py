@@ -23,7 +23,7 @@ from .distillers import get_method
 from .plot_style import KD_COLOR, STUDENT_COLOR, TEACHER_COLOR, finish, is_smoke, short_name
 from .recipes import Recipe
 from .runs import build_network, build_strategy, get_run, recipe_of
-from .sweep import seed_rows  # noqa: F401  (re-exported: the rows 13 pairs by seed)
+from .sweep_rows import seed_rows  # noqa: F401  (re-exported: the rows 13 pairs by seed)
 
 
 def step_seconds(name: str, recipe: Recipe, device: torch.device | str = "cpu", *,

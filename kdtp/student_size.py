@@ -26,7 +26,8 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from . import stats, sweep
+from . import stats
+from .sweep_rows import seed_rows as _seed_rows_of_runs
 from .env import ConfigError
 from .latency import latency_and_throughput
 from .models import build_model, count_parameters
@@ -127,9 +128,9 @@ def speed(model: nn.Module, recipe: Recipe) -> dict:
 # ----------------------------------------------------------------------------- rows
 def seed_rows(result: RunResult, sweep_rows: Iterable[Mapping[str, Any]] = ()) -> list[dict]:
     """The run's accuracy as ``kdtp.stats`` rows: this result, plus every other seed a sweep
-    trained of the very same experiment (``kdtp.sweep.seed_rows``: same configuration but the
+    trained of the very same experiment (``kdtp.sweep_rows.seed_rows``: same configuration but the
     seed, same teacher; anything else is another experiment and is left out)."""
-    return sweep.seed_rows({result.name: result}, list(sweep_rows))[result.name]
+    return _seed_rows_of_runs({result.name: result}, list(sweep_rows))[result.name]
 
 
 def _row(arch: str, training: str, result: RunResult, measured: Mapping, sweep_rows) -> dict:
