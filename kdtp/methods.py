@@ -6,8 +6,8 @@ the test-set standard error, what it takes from its teacher (the method's
 labels-only baseline, timed here with ``torch.utils.benchmark`` on this machine (the
 seconds a checkpoint recorded were measured wherever it was trained, often elsewhere).
 ``methods_figure(rows)`` draws them. With ``sweep_rows`` (a sweep file's rows) a run that
-was trained at several seeds gets its mean over seeds, with the SE of that mean
-(``kdtp.sweep.seed_rows`` decides which rows are the same run at another seed).
+was trained at several seeds gets its mean over seeds, its std and the SE of that mean
+(``kdtp.sweep_rows.seed_rows`` decides which rows are the same run at another seed).
 """
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def methods_figure(rows: Sequence[Mapping[str, Any]], smoke: bool | None = None,
         if not values:
             continue
         ax.scatter([i] * len(values), values, color="black", s=12, zorder=3,
-                   label="one seed" if values and not any(seed_accs[:i]) else None)
+                   label=None if any(seed_accs[:i]) else "one seed")
     if any(seed_accs):
         ax.legend(loc="lower right", fontsize=8)
     for i, r in enumerate(rows):
@@ -129,8 +129,9 @@ def methods_figure(rows: Sequence[Mapping[str, Any]], smoke: bool | None = None,
             top = max([accs[i] + errs[i], *seed_accs[i]])     # above the error bar and the dots
             ax.annotate(f"{r['cost_vs_baseline']:.1f}x", (i, top), ha="center",
                         va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
-    low = min([a - e for a, e in zip(accs, errs)] + [v for values in seed_accs for v in values])
-    high = max([a + e for a, e in zip(accs, errs)] + [v for values in seed_accs for v in values])
+    dots = [v for values in seed_accs for v in values]
+    low = min([a - e for a, e in zip(accs, errs)] + dots)
+    high = max([a + e for a, e in zip(accs, errs)] + dots)
     margin = max(0.2 * (high - low), 0.01)
     ax.set(ylim=(max(0.0, low - margin), min(1.0, high + 2 * margin)),
            ylabel="test accuracy (axis does not start at 0)")

@@ -27,13 +27,13 @@ import torch
 from torch import nn
 
 from . import stats
-from .sweep_rows import seed_rows as _seed_rows_of_runs
 from .env import ConfigError
 from .latency import latency_and_throughput
 from .models import build_model, count_parameters
 from .plot_style import KD_COLOR, STUDENT_COLOR, TEACHER_COLOR, finish, is_smoke
 from .recipes import Recipe
 from .results import RunResult
+from .sweep_rows import seed_rows as _seed_rows_of_runs
 
 # each recipe's students, smallest first (checked by measurement: tests and notebook 11)
 FAMILY: dict[str, tuple[str, ...]] = {
