@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .cpu_memory import keep_freed_memory
 from .data import DeviceLoader
 from .losses import value_checks_on_accelerators
 
@@ -159,6 +160,8 @@ def correct_per_image(model: nn.Module, loader: DeviceLoader, precision: str = "
     image-by-image comparison of two runs (``stats.same_images_difference``) uses the same
     predictions as the accuracies it compares.
     """
+    if loader.device.type == "cpu":
+        keep_freed_memory()
     was_training = model.training
     model.eval()
     hits = []
@@ -190,6 +193,8 @@ def fit(strategy, train_loader: DeviceLoader, val_loader: DeviceLoader, *,
     history records every term per epoch plus validation accuracy, lr and seconds.
     """
     device = train_loader.device
+    if device.type == "cpu":
+        keep_freed_memory()   # the same arithmetic, 10-35% faster steps (kdtp.cpu_memory)
     state = state or FitState()
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))
     # the losses' per-step value checks would sync a GPU every step (kdtp.losses)
