@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--ckpt-dir", type=Path)
     pub.add_argument("--manifest", type=Path, help="default: KDTP_MANIFEST or kdtp/manifest.json")
     pub.add_argument("--id", action="append", metavar="RUN=DRIVE_ID", default=[],
-                     help="Drive file id of a run's uploaded checkpoint")
+                     help="Drive file id of a run's uploaded checkpoint; RUN-HASH8=DRIVE_ID for "
+                          "a run with other settings (the name the listing prints)")
     pub.add_argument("--sweep", type=Path, metavar="FILE",
                      help="publish a sweep's results file (python -m kdtp sweep) into the manifest")
     pub.add_argument("--smoke", action="store_true",

@@ -6,6 +6,10 @@ real (not smoke) run, and writes ``name -> Drive file id, sha256, size, config h
 the manifest that ``train_or_load`` consults before training. The files themselves are
 uploaded by hand (Drive has no anonymous upload); their ids come back with ``--id``.
 
+A run trained with other settings than the recipe's (06's seeds 1 and 2, a sweep's grid
+point) lives in ``<run>-<hash8>_best.pt``; it is published under ``recipe/<run>-<hash8>``,
+so a demo from published checkpoints loads those seeds too instead of leaving them out.
+
 ``--smoke`` publishes smoke checkpoints instead, into a manifest of their own (never the
 kit's): the set ``python -m kdtp rehearse --smoke`` rehearses a class with, offline.
 """
@@ -24,6 +28,7 @@ from .recipes import RECIPES, smoke_version
 from .runs import REGISTRY
 
 _DRIVE_ID = re.compile(r"[A-Za-z0-9_-]{10,}")
+_VARIANT = re.compile(r"(?P<run>.+)-(?P<hash8>[0-9a-f]{8})")   # <run>-<hash8>: a run with other settings
 
 
 def drive_file_id(text: str) -> str:
@@ -47,8 +52,10 @@ def _parse_ids(ids: list[str] | None, recipes: list[str]) -> dict[tuple[str | No
             raise ConfigError(f"--id expects RUN=DRIVE_ID, got {item!r} "
                               "(e.g. --id teacher_resnet50=1AbCdEfGhIjKlMnOp)")
         recipe, _, run = key.rpartition("/")
-        if run not in REGISTRY:
-            raise ConfigError(f"--id {item!r}: unknown run {run!r}; choose one of: {', '.join(REGISTRY)}")
+        variant = _VARIANT.fullmatch(run)
+        if run not in REGISTRY and not (variant and variant["run"] in REGISTRY):
+            raise ConfigError(f"--id {item!r}: unknown run {run!r}; choose one of: {', '.join(REGISTRY)} "
+                              "(or RUN-HASH8 for a run with other settings, as its file is named)")
         if recipe and recipe not in RECIPES:
             raise ConfigError(f"--id {item!r}: unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
         if recipe and recipe not in recipes:
@@ -57,8 +64,11 @@ def _parse_ids(ids: list[str] | None, recipes: list[str]) -> dict[tuple[str | No
     return out
 
 
-def _problem(payload: dict, recipe: str, run: str, smoke: bool = False) -> str | None:
-    """Why a loadable checkpoint must not be published (with ``smoke``: as a rehearsal entry), or None."""
+def _problem(payload: dict, recipe: str, run: str, smoke: bool = False, hash8: str = "") -> str | None:
+    """Why a loadable checkpoint must not be published (with ``smoke``: as a rehearsal entry), or None.
+
+    ``hash8``: the file is the variant ``<run>-<hash8>_best.pt``, whose name states its configuration.
+    """
     cfg = payload.get("config") or {}
     if payload.get("kind", "best") != "best":
         return "it is not a finished run"
@@ -72,6 +82,9 @@ def _problem(payload: dict, recipe: str, run: str, smoke: bool = False) -> str |
         return "its stored settings do not match its configuration hash (the file was altered)"
     if cfg.get("recipe") != recipe or cfg.get("run") != run:
         return f"it holds {cfg.get('recipe')}/{cfg.get('run')}, not {recipe}/{run} (a renamed file?)"
+    if hash8 and not str(payload.get("config_hash", "")).startswith(hash8):
+        return (f"its name says configuration {hash8}, but it holds {str(payload.get('config_hash'))[:8]} "
+                "(a renamed file?)")
     if "test_acc" not in (payload.get("metrics") or {}):
         return "it has no test accuracy"
     return None
@@ -107,20 +120,23 @@ def publish(recipe: str | None = None, ckpt_dir: Path | str | None = None,
     except CheckpointError as exc:
         raise ConfigError(str(exc)) from None
 
-    found: list[tuple[str, str, Path]] = []
+    found: list[tuple[str, str, str, Path]] = []          # (recipe, run, file stem, path)
     smoke_files: list[Path] = []
-    variants: list[Path] = []
     for r in recipes:
         folder = run_folder(smoke_version(RECIPES[r]) if smoke else RECIPES[r], root)
         for run in REGISTRY:
             if (folder / f"{run}_best.pt").is_file():
-                found.append((r, run, folder / f"{run}_best.pt"))
-            variants += sorted(folder.glob(f"{run}-*_best.pt"))
+                found.append((r, run, run, folder / f"{run}_best.pt"))
+            for path in sorted(folder.glob(f"{run}-*_best.pt")):
+                stem = path.name[: -len("_best.pt")]
+                variant = _VARIANT.fullmatch(stem)
+                if variant and variant["run"] == run:
+                    found.append((r, run, stem, path))
         if not smoke:
             smoke_files += sorted(run_folder(smoke_version(RECIPES[r]), root).glob("*_best.pt"))
 
     for (want_recipe, run), _ in id_map.items():
-        matches = [f for f in found if f[1] == run and want_recipe in (None, f[0])]
+        matches = [f for f in found if f[2] == run and want_recipe in (None, f[0])]
         if not matches:
             raise ConfigError(f"--id for {run}: there is no finished {run} checkpoint under {root}"
                               f"{f' for recipe {want_recipe}' if want_recipe else ''}; nothing written")
@@ -142,20 +158,20 @@ def publish(recipe: str | None = None, ckpt_dir: Path | str | None = None,
     entries: dict[str, dict] = {}
     refused: list[str] = []
     notes: list[str] = []
-    for r, run, path in found:
+    for r, run, stem, path in found:
         try:
             payload = load_checkpoint(path)
         except CorruptCheckpointError as exc:
             refused.append(f"{exc}: not published")
             continue
-        why = _problem(payload, r, run, smoke)
+        why = _problem(payload, r, run, smoke, hash8="" if stem == run else stem[-8:])
         if why:
             refused.append(f"{path}: {why}")
             continue
-        key = manifest_key(r, run)
+        key = manifest_key(r, stem)
         old = current["checkpoints"].get(key, {})
         sha = sha256_file(path)
-        given = id_map.get((r, run)) or id_map.get((None, run))
+        given = id_map.get((r, stem)) or id_map.get((None, stem))
         file_id = given or old.get("file_id") or ""
         if old.get("file_id") and not given and old.get("sha256") != sha:
             notes.append(f"{key} changed since it was published: upload the new {path.name} as a new "
@@ -167,11 +183,9 @@ def publish(recipe: str | None = None, ckpt_dir: Path | str | None = None,
         entries[key] = {"file_id": file_id, "sha256": sha, "size": path.stat().st_size,
                         "config_hash": payload["config_hash"], "file": rel,
                         "test_acc": float(payload["metrics"]["test_acc"]),
-                        "created": payload.get("created", ""), **({"smoke": True} if smoke else {})}
+                        "created": payload.get("created", ""), **({"smoke": True} if smoke else {}),
+                        **({"run": run, "seed": payload["config"].get("seed")} if stem != run else {})}
 
-    for p in variants:
-        notes.append(f"{p.name} (a run with non-default settings) is not published: only the "
-                     "recipe's own runs are.")
     for line in refused:
         print(f"publish: refused {line}", file=sys.stderr)
     if not entries:
@@ -187,7 +201,8 @@ def publish(recipe: str | None = None, ckpt_dir: Path | str | None = None,
     print(f"wrote {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} to {manifest_path}:")
     for key, e in entries.items():
         print(f"  {key:42} {e['file']:48} {e['size'] / 1e6:8.1f} MB  sha256 {e['sha256'][:12]}  "
-              f"test acc {e['test_acc']:.4f}  Drive id {e['file_id'] or '(none yet)'}")
+              f"test acc {e['test_acc']:.4f}  Drive id {e['file_id'] or '(none yet)'}"
+              + (f"  (other settings: seed {e['seed']})" if "run" in e else ""))
     for note in notes:
         print(f"note: {note}")
     missing = [k for k, e in entries.items() if not e["file_id"]]

@@ -216,7 +216,14 @@ def _from_manifest(spec, recipe, wanted, best_path, manifest, load_only, verbose
             raise
         log(f"{exc}; published checkpoints are ignored.", verbose)
         return None
-    entry = entries.get("checkpoints", {}).get(manifest_key(recipe.name, spec.name))
+    checkpoints = entries.get("checkpoints", {})
+    entry = checkpoints.get(manifest_key(recipe.name, spec.name))
+    variant = checkpoints.get(manifest_key(recipe.name, f"{spec.name}-{wanted[:8]}"))
+    if (isinstance(variant, dict) and variant.get("file_id") and variant.get("config_hash") == wanted
+            and not (isinstance(entry, dict) and entry.get("config_hash") == wanted)):
+        # published with other settings than the recipe's (a seed of 06, a sweep cell): it is
+        # kept as <run>-<hash8>_best.pt, where _find_best looks for this configuration
+        entry, best_path = variant, best_path.with_name(f"{spec.name}-{wanted[:8]}_best.pt")
     if not isinstance(entry, dict) or not entry.get("file_id"):
         return None
     if entry.get("config_hash") != wanted:

@@ -270,3 +270,63 @@ def test_publish_bad_ids_write_nothing(real_run, tmp_path, ids, message):
     with pytest.raises(ConfigError, match=message):
         publish("cpu", base / "ck", manifest, ids)
     assert not manifest.exists() and list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- runs with other settings
+def test_a_seed_variant_is_published_and_a_load_only_demo_downloads_it(real_run, tmp_path, monkeypatch, capsys):
+    """06's seeds 1 and 2 live in <run>-<hash8>_best.pt: published too, under recipe/<run>-<hash8>."""
+    result, base = real_run
+    root = tmp_path / "ck"
+    shutil.copytree(base / "ck", root)
+    seed1 = train_or_load(RUN, ckpt_dir=root, data_dir=base / "data", smoke=False, verbose=False,
+                          seed=1, **TINY)
+    stem = f"{RUN}-{seed1.config_hash[:8]}"
+    assert seed1.path.name == f"{stem}_best.pt" and seed1.config_hash != result.config_hash
+    manifest = tmp_path / "manifest.json"
+    seed1_id = "1SeedOneIdxxxxxxxxxxxx"
+    assert publish("cpu", root, manifest, [f"{RUN}={DRIVE_ID}", f"cpu/{stem}={seed1_id}"]) == 0
+    out = capsys.readouterr().out
+    entries = json.loads(manifest.read_text())["checkpoints"]
+    assert set(entries) == {f"cpu/{RUN}", f"cpu/{stem}"}
+    assert entries[f"cpu/{stem}"]["config_hash"] == seed1.config_hash and entries[f"cpu/{stem}"]["seed"] == 1
+    assert entries[f"cpu/{stem}"]["file_id"] == seed1_id and entries[f"cpu/{RUN}"]["file_id"] == DRIVE_ID
+    assert entries[f"cpu/{stem}"]["sha256"] == sha256_file(seed1.path) and "seed 1" in out
+
+    by_id = {DRIVE_ID: result.path, seed1_id: seed1.path}
+    fake, calls = _fake_downloader(lambda fid, out: shutil.copy(by_id[fid], out))
+    monkeypatch.setattr(kpublished, "_gdown_download", fake)
+    monkeypatch.setattr(kresume, "fit", _no_training)
+    student = tmp_path / "student"
+    got1 = train_or_load(RUN, ckpt_dir=student, data_dir=base / "data", smoke=False, manifest=manifest,
+                         load_only=True, verbose=False, seed=1, **TINY)
+    assert got1.source == "downloaded" and calls == [seed1_id] and got1.path.name == f"{stem}_best.pt"
+    assert got1.test_acc == seed1.test_acc and got1.config["seed"] == 1
+    got0 = train_or_load(RUN, ckpt_dir=student, data_dir=base / "data", smoke=False, manifest=manifest,
+                         load_only=True, verbose=False, **TINY)
+    assert got0.source == "downloaded" and calls == [seed1_id, DRIVE_ID] and got0.path.name == f"{RUN}_best.pt"
+    again = train_or_load(RUN, ckpt_dir=student, data_dir=base / "data", smoke=False, manifest=manifest,
+                          load_only=True, verbose=False, seed=1, **TINY)
+    assert again.source == "loaded" and len(calls) == 2                 # each file downloaded once
+    with pytest.raises(CheckpointError, match="none published"):     # a seed nobody published
+        train_or_load(RUN, ckpt_dir=student, data_dir=base / "data", smoke=False, manifest=manifest,
+                      load_only=True, verbose=False, seed=2, **TINY)
+
+
+def test_publish_refuses_a_renamed_variant(real_run, tmp_path, capsys):
+    result, base = real_run
+    root = tmp_path / "ck"
+    shutil.copytree(base / "ck", root)
+    shutil.copy(result.path, root / "cpu" / f"{RUN}-0123abcd_best.pt")   # its name claims another configuration
+    manifest = tmp_path / "manifest.json"
+    assert publish("cpu", root, manifest, []) == 1
+    assert "its name says configuration 0123abcd" in capsys.readouterr().err
+    assert f"cpu/{RUN}-0123abcd" not in json.loads(manifest.read_text())["checkpoints"]
+
+
+def test_publish_id_for_an_unknown_variant_is_refused(real_run, tmp_path):
+    _, base = real_run
+    with pytest.raises(ConfigError, match="no finished"):
+        publish("cpu", base / "ck", tmp_path / "m.json", [f"{RUN}-0123abcd={DRIVE_ID}"])
+    with pytest.raises(ConfigError, match="RUN-HASH8"):
+        publish("cpu", base / "ck", tmp_path / "m.json", [f"{RUN}-nothex={DRIVE_ID}"])
+    assert not (tmp_path / "m.json").exists()
