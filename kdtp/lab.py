@@ -206,13 +206,15 @@ def run_notebook(path: Path, out_path: Path, *, timeout: int | None = None,
 
 
 def comparison_text(recipe_name: str, smoke: bool) -> str:
-    """The results table of the lab's run folder (latest line per run), smoke-labelled."""
+    """The results table of the lab's run folder (per run, the latest line of the recipe's own
+    seeds, not 06's extra seeds), smoke-labelled."""
     from .store import run_folder
     from .recipes import get_recipe
     from .results import RESULTS_FILE, format_table, latest_by_run, load_results
 
-    folder = run_folder(get_recipe(recipe_name, smoke=smoke))
-    rows = list(latest_by_run(load_results(folder)).values())
+    recipe = get_recipe(recipe_name, smoke=smoke)
+    folder = run_folder(recipe)
+    rows = list(latest_by_run(load_results(folder), seeds={recipe.seed, recipe.teacher_seed}).values())
     lines = [f"Comparison ({folder / RESULTS_FILE}):"]
     if smoke:
         lines.append("SMOKE RUN - synthetic data, tiny runs: these numbers are NOT real results.")

@@ -88,10 +88,18 @@ def load_results(folder: Path | str) -> list[dict]:
     return rows
 
 
-def latest_by_run(rows: list[dict]) -> dict[str, dict]:
+def latest_by_run(rows: list[dict], seeds: set[int] | None = None) -> dict[str, dict]:
+    """The latest row of each run; with ``seeds``, the latest row with one of those seeds first.
+
+    06 and sweeps add rows of other seeds to the same file; a table of "the lab's runs" must not
+    mix seed 2 of one run with seed 0 of the next, so it asks for the recipe's own seeds and falls
+    back to the latest row only for a run that has none of them.
+    """
     out: dict[str, dict] = {}
     for row in rows:
-        out[row["run"]] = row
+        if seeds is None or row["run"] not in out or row.get("seed") in seeds \
+                or out[row["run"]].get("seed") not in seeds:
+            out[row["run"]] = row
     return out
 
 
