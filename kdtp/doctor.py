@@ -24,7 +24,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from . import env
-from .recipes import Recipe, default_recipe_name, get_recipe
+from .recipes import NO_IMAGENET_RECIPE, Recipe, default_recipe_name, get_recipe, no_imagenet_advice
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "FAIL"
 PROBE_TIMEOUT_S = 3.0
@@ -87,7 +87,8 @@ def device_fact(recipe: Recipe) -> Fact:
     line = f"device: {device.type} ({device_class(device)}, {_cores()} cores), no CUDA GPU; trains in {precision}"
     if recipe.name in ("fast", "paper") and not recipe.smoke:
         return Fact(WARN, line + f"; the {recipe.name} recipe's ResNets take hours here",
-                    "on Colab: Runtime > Change runtime type > T4 GPU; elsewhere use --recipe cpu")
+                    "on Colab: Runtime > Change runtime type > T4 GPU; elsewhere use "
+                    f"--recipe {NO_IMAGENET_RECIPE}")
     if env.in_colab():
         return Fact(WARN, line, "pick a GPU runtime (Runtime > Change runtime type > T4 GPU) for the fast recipe")
     return Fact(OK, line)
@@ -249,7 +250,7 @@ def weights_fact(recipe: Recipe, runs: dict[str, str], reach: Reach | None) -> F
         return Fact(OK, line + "; download.pytorch.org answers")
     files = ", ".join(missing[a].rsplit("/", 1)[-1] for a, _ in bad)
     return Fact(FAIL, line + f" and cannot be downloaded ({bad[0][1]})",
-                f"copy {files} into {hub}/, or use --recipe cpu or smoke mode (no ImageNet weights)")
+                f"copy {files} into {hub}/, or use {no_imagenet_advice()}, or smoke mode")
 
 
 def measured_times(text: str) -> list[dict]:

@@ -233,7 +233,7 @@ def run_lab(smoke: bool | None = None, recipe: str | None = None, out_dir: Path 
     the executed notebooks go (default ``lab-output/``, ``lab-output/smoke/`` for smoke).
     ``core_only``: the core lab (00-06) without the chapter's later notebooks.
     """
-    from .recipes import default_recipe_name, get_recipe
+    from .recipes import default_recipe_name, get_recipe, no_imagenet_advice
 
     smoke = smoke_mode() if smoke is None else bool(smoke)
     if recipe is not None:
@@ -255,7 +255,7 @@ def run_lab(smoke: bool | None = None, recipe: str | None = None, out_dir: Path 
         problem = _imagenet_weights_problem(chosen)
         if problem:
             print(f"The {recipe_name} recipe needs ImageNet weights that cannot be loaded now:\n"
-                  f"  {problem}\nUse --recipe cpu (no pretrained weights) or --smoke, or copy "
+                  f"  {problem}\nUse {no_imagenet_advice()} or --smoke, or copy "
                   "the weight files as described and run again.", file=sys.stderr)
             return 1
 

@@ -20,7 +20,7 @@ from torch.utils import benchmark
 
 from . import stats
 from .distillers import get_method
-from .plot_style import KD_COLOR, STUDENT_COLOR, TEACHER_COLOR, finish, is_smoke, short_name
+from .plot_style import KD_COLOR, STUDENT_COLOR, TEACHER_COLOR, finish, is_smoke, short_name, wrapped
 from .recipes import Recipe
 from .runs import build_network, build_strategy, get_run, recipe_of
 from .sweep_rows import seed_rows  # noqa: F401  (re-exported: the rows 13 pairs by seed)
@@ -135,6 +135,6 @@ def methods_figure(rows: Sequence[Mapping[str, Any]], smoke: bool | None = None,
     margin = max(0.2 * (high - low), 0.01)
     ax.set(ylim=(max(0.0, low - margin), min(1.0, high + 2 * margin)),
            ylabel="test accuracy (axis does not start at 0)")
-    ax.set_xticks(range(len(rows)), [short_name(r) for r in rows], fontsize=7)
+    ax.set_xticks(range(len(rows)), [wrapped(short_name(r)) for r in rows], fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     return finish(fig, title + "\n(labels over the bars: time of one training step / the baseline's)", smoke)

@@ -6,6 +6,7 @@ every figure drawn from smoke results (or in smoke mode) says SMOKE RUN in its t
 """
 from __future__ import annotations
 
+import textwrap
 from typing import Any, Mapping
 
 from matplotlib.figure import Figure
@@ -69,6 +70,12 @@ def short_name(item: Any) -> str:
     if isinstance(recipe, Recipe) and name in REGISTRY:
         return short_label(REGISTRY[name], recipe)
     return SHORT_NAMES.get(name, name.replace("_", "\n", 1))
+
+
+def wrapped(label: str, width: int = 14) -> str:
+    """``label`` with each of its lines folded at ``width`` characters, so the names under a
+    row of narrow bars (13's eleven students) do not run into each other."""
+    return "\n".join(textwrap.fill(line, width) or line for line in label.split("\n"))
 
 
 def is_smoke(results: Any = None, smoke: bool | None = None) -> bool:

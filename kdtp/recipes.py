@@ -151,6 +151,18 @@ def smoke_version(recipe: Recipe) -> Recipe:
     return replace(recipe, **SMOKE_OVERRIDES, lr=recipe.lr * scale, teacher_lr=recipe.teacher_lr * scale)
 
 
+# The recipe to name when ImageNet weights cannot be had (an offline machine, a GPU box
+# without internet): it trains every network from scratch, runs on a CPU or a GPU, and its
+# lesson (teacher >= 90%, a KD gain significant over three pairs) is measured on real data.
+NO_IMAGENET_RECIPE = "cpu_air"
+
+
+def no_imagenet_advice() -> str:
+    """One phrase for every message that meets missing ImageNet weights."""
+    return (f"--recipe {NO_IMAGENET_RECIPE} (KDTP_RECIPE={NO_IMAGENET_RECIPE}: small airbench-style "
+            "CNNs trained from scratch, no ImageNet weights; on a CPU or a GPU)")
+
+
 def default_recipe_name(smoke: bool | None = None) -> str:
     """``KDTP_RECIPE`` if set; else ``fast`` with a CUDA GPU or in smoke mode (the ResNet
     lab, shrunk), and ``cpu_air`` (small airbench-style CNNs) for a real run without a GPU:

@@ -7,6 +7,7 @@ and it can start from a state a previous, interrupted run left behind.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -20,6 +21,19 @@ from .data import DeviceLoader
 from .losses import value_checks_on_accelerators
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def bar_goes_to_a_log() -> bool:
+    """True when a step progress bar would land as text in a file or a pipe (``python -m kdtp
+    train ... > log``, CI): there every refresh appends another copy of the bar, thousands
+    a run, so the bar is left out and the epoch lines alone report progress. A notebook's
+    widget bar and a terminal's bar are kept."""
+    from tqdm.notebook import tqdm as notebook_tqdm
+
+    if issubclass(tqdm, notebook_tqdm):
+        return False
+    isatty = getattr(sys.stderr, "isatty", None)
+    return not (callable(isatty) and isatty())
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -217,7 +231,7 @@ def _fit_epochs(strategy, optimizer, scheduler, train_loader, val_loader, epochs
         correct = torch.zeros((), dtype=torch.long, device=device)
         seen = 0
         bar = tqdm(train_loader, desc=f"{desc} {epoch + 1}/{epochs}", leave=False,
-                   disable=not progress, dynamic_ncols=True)
+                   disable=not progress or bar_goes_to_a_log(), dynamic_ncols=True)
         for step, (x, y) in enumerate(bar):
             with autocast(device, precision):
                 logits, terms = strategy.training_step(x, y)

@@ -87,6 +87,21 @@ def test_unknown_recipe_is_refused_before_anything_runs(folders):
         lab.run_lab(smoke=True, recipe="nope", notebooks=[])
 
 
+def test_missing_imagenet_weights_stop_the_lab_and_name_a_recipe_that_needs_none(folders, monkeypatch, capsys):
+    # an offline GPU box (or any machine) without ImageNet weights: the fast lab stops before
+    # the first notebook, and the recipe it names really needs no weights
+    weights_problem = lab._imagenet_weights_problem
+    monkeypatch.setattr(lab, "real_data_available", lambda data_dir=None: (True, ""))
+    monkeypatch.setattr(lab, "_imagenet_weights_problem", lambda recipe: "resnet50 weights not cached")
+    ran = []
+    monkeypatch.setattr(lab, "run_notebook", lambda *a, **k: ran.append(a))
+    assert lab.run_lab(smoke=False, recipe="fast", notebooks=[folders / "x.ipynb"]) == 1
+    err = capsys.readouterr().err
+    assert "resnet50 weights not cached" in err and "--recipe cpu_air" in err and not ran
+    named = get_recipe("cpu_air", smoke=False)
+    assert not named.pretrained and weights_problem(named) is None
+
+
 def test_lab_runs_the_core_lab_first_and_alone_with_core_only():
     assert [p.stem for p in lab.lab_notebooks(NOTEBOOKS)][:7] == LAB_NOTEBOOKS
     assert [p.stem for p in lab.lab_notebooks(NOTEBOOKS, core_only=True)] == LAB_NOTEBOOKS

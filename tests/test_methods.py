@@ -42,6 +42,17 @@ def test_rows_carry_accuracy_se_cost_and_what_the_teacher_gives():
     assert "SMOKE" in fig._suptitle.get_text()
 
 
+def test_the_figures_long_names_are_folded_so_neighbours_do_not_overlap():
+    # 13's eleven bars are narrow: "KD CA-MKD weights" ran into "KD mean of teachers"
+    rows = [{"run": name, "test_acc": 0.85, "se": 0.003, "method": "kd_logits", "recipe": RECIPE,
+             "smoke": True} for name in ("student_multi_mean", "student_multi_confidence", "born_again_gen2")]
+    labels = [t.get_text() for t in methods.methods_figure(rows, smoke=True).axes[0].get_xticklabels()]
+    assert any("teachers" in label for label in labels) and any("gen1" in label for label in labels)
+    assert all(len(line) <= 14 for label in labels for line in label.split("\n")), labels
+    from kdtp.plot_style import wrapped
+    assert wrapped("scratch\nKD logits\nof born again gen1") == "scratch\nKD logits\nof born again\ngen1"
+
+
 def test_the_baseline_must_be_among_the_results():
     with pytest.raises(ValueError, match="include it"):
         methods.method_rows({"student_ps_kd": _result("student_ps_kd", 0.8)}, RECIPE)

@@ -100,3 +100,32 @@ def test_correct_per_image_is_what_evaluate_scores():
             logits = model(xs) + (model(xs.flip(3)) if flip else 0)
         assert torch.equal(hits, logits.argmax(1) == labels)
     assert model.training is True   # scored in eval mode, then handed back as it came
+
+
+def test_the_step_bar_stays_out_of_a_log_but_the_epoch_line_does_not(small_data, capsys, monkeypatch):
+    # stderr redirected to a file (a CLI run > log, CI): one epoch line, no bar refreshes
+    torch.manual_seed(0)
+    train, val, _ = _loaders(small_data)
+    model = build_model("cnn_small")
+    opt = make_optimizer(list(model.parameters()), "sgd", 0.03, 5e-4)
+    sched = make_scheduler(opt, "onecycle", len(train), 0.25)
+    fit(Strategy(model), train, val, optimizer=opt, scheduler=sched, epochs=1,
+        precision=PRECISION, progress=True, desc="logged")
+    out, err = capsys.readouterr()
+    assert "logged epoch 1/1:" in out and "it/s" not in err and "%|" not in err
+
+    # a terminal keeps its bar
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    opt = make_optimizer(list(model.parameters()), "sgd", 0.03, 5e-4)
+    sched = make_scheduler(opt, "onecycle", len(train), 0.25)
+    fit(Strategy(model), train, val, optimizer=opt, scheduler=sched, epochs=1,
+        precision=PRECISION, progress=True, desc="shown")
+    assert "shown 1/1" in term.getvalue() and "%|" in term.getvalue()
