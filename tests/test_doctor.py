@@ -59,7 +59,7 @@ def t4(monkeypatch):
 def test_device_without_gpu_and_on_a_t4(no_gpu, monkeypatch):
     fact = doctor.device_fact(get_recipe("cpu", smoke=False))
     assert fact.status == OK and "no CUDA GPU" in fact.line and env.cpu_class() in fact.line
-    _problem(doctor.device_fact(get_recipe("fast", smoke=False)), WARN, "take hours", "T4 GPU", "--recipe cpu")
+    _problem(doctor.device_fact(get_recipe("fast", smoke=False)), WARN, "take hours", "T4 GPU", "--recipe cpu_air")
     assert "no CUDA GPU: small CNNs" in doctor.recipe_fact(get_recipe(None, smoke=False), None).line
 
 
@@ -96,10 +96,10 @@ def test_time_estimate_only_where_results_md_measured_it(no_gpu, monkeypatch):
     monkeypatch.setattr(env, "cpu_class", lambda: "cpu-amx")
     assert "unknown (nothing measured for this device class, cpu-amx" in doctor.time_fact(cpu, ALL_TRAIN).line
     assert "every run downloads" in doctor.time_fact(cpu, {r: "download" for r in RUNS}).line
-    # the default CPU recipe on the slowest class has a row too, and it says it is not a measured lab
+    # the default CPU recipe on the slowest class has a row too, and it says how it was measured
     monkeypatch.setattr(env, "cpu_class", lambda: "cpu-avx2")
     air = doctor.time_fact(get_recipe("cpu_air", smoke=False), ALL_TRAIN).line
-    assert "40 min" in air and "estimate" in air and "29-34" not in air
+    assert "23 min" in air and "AVX2 kernels" in air and "an estimate" in air and "29-34" not in air
 
 
 def test_checkpoint_folder_read_only_full_or_fine(tmp_path, monkeypatch):
@@ -136,7 +136,8 @@ def test_data_present_missing_offline_or_unreachable(tmp_path, monkeypatch):
 def test_imagenet_weights_cached_needed_or_not(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     fast = get_recipe("fast", smoke=False)
-    _problem(doctor.weights_fact(fast, ALL_TRAIN, _unreachable), FAIL, "resnet50-", "copy", str(tmp_path / "hub"))
+    _problem(doctor.weights_fact(fast, ALL_TRAIN, _unreachable), FAIL, "resnet50-", "copy", str(tmp_path / "hub"),
+             "--recipe cpu_air")
     _problem(doctor.weights_fact(fast, ALL_TRAIN, None), WARN, "not checked: offline")
     assert doctor.weights_fact(fast, ALL_TRAIN, _reachable).status == OK
     fact = doctor.weights_fact(fast, {r: "download" for r in RUNS}, _unreachable)
