@@ -6,7 +6,7 @@ real (not smoke) run, and writes ``name -> Drive file id, sha256, size, config h
 the manifest that ``train_or_load`` consults before training. The files themselves are
 uploaded by hand (Drive has no anonymous upload); their ids come back with ``--id``.
 
-A run trained with other settings than the recipe's (06's seeds 1 and 2, a sweep's grid
+A run trained with other settings than the recipe's (06's extra seeds, a sweep's grid
 point) lives in ``<run>-<hash8>_best.pt``; it is published under ``recipe/<run>-<hash8>``,
 so a demo from published checkpoints loads those seeds too instead of leaving them out.
 
