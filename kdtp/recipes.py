@@ -153,7 +153,7 @@ def smoke_version(recipe: Recipe) -> Recipe:
 
 # The recipe to name when ImageNet weights cannot be had (an offline machine, a GPU box
 # without internet): it trains every network from scratch, runs on a CPU or a GPU, and its
-# lesson (teacher >= 90%, a KD gain significant over three pairs) is measured on real data.
+# lesson (teacher >= 90%, a KD gain significant over three or five pairs) is measured on real data.
 NO_IMAGENET_RECIPE = "cpu_air"
 
 
