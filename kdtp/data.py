@@ -251,14 +251,21 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.
     Same distribution as torchvision's ``RandomCrop(32, padding=4)`` +
     ``RandomHorizontalFlip()``, done as one gather instead of B PIL calls.
     """
+    b, dev = x.shape[0], x.device
+    dy = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
+    flip = torch.rand(b, device=dev, generator=generator) < 0.5
+    return crop_at(x, dy, dx, flip, pad)
+
+
+def crop_at(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """``augment`` with its draws given: image i cropped at (dy[i], dx[i]) of the zero-padded
+    image, mirrored where ``flip[i]``."""
     b, _, h, w = x.shape
     dev = x.device
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
     rows = (dy[:, None] + torch.arange(h, device=dev))[:, :, None]          # B,H,1
     cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, :]          # B,1,W
-    flip = torch.rand(b, device=dev, generator=generator) < 0.5
     # a flipped crop reads column dx + (w-1-j) where the plain one reads dx + j
     cols = torch.where(flip[:, None, None], (2 * dx[:, None, None] + w - 1) - cols, cols)
     idx_b = torch.arange(b, device=dev)[:, None, None]
@@ -276,10 +283,16 @@ def translate(x: torch.Tensor, generator: torch.Generator, flip: torch.Tensor, p
     """airbench's augmentation on a uint8 batch: each image shifted by -pad..pad pixels in
     each direction with reflect padding, and mirrored where ``flip`` is True (the caller
     decides the flips: ``DeviceLoader`` alternates them by epoch). One gather, as ``augment``."""
-    b, _, h, w = x.shape
-    dev = x.device
+    b, dev = x.shape[0], x.device
     dy = torch.randint(-pad, pad + 1, (b,), device=dev, generator=generator)
     dx = torch.randint(-pad, pad + 1, (b,), device=dev, generator=generator)
+    return translate_by(x, dy, dx, flip)
+
+
+def translate_by(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """``translate`` with its draws given: image i shifted by (dy[i], dx[i]), reflect padding."""
+    b, _, h, w = x.shape
+    dev = x.device
     rows = _reflect(dy[:, None] + torch.arange(h, device=dev), h)[:, :, None]      # B,H,1
     cols = _reflect(dx[:, None] + torch.arange(w, device=dev), w)[:, None, :]      # B,1,W
     # the crop of the mirrored image reads column w-1-c where the plain one reads c
@@ -315,13 +328,20 @@ class DeviceLoader:
 
     Each epoch's order and augmentation come from ``seed`` and the epoch number alone
     (``set_epoch``), so a run resumed at epoch k sees exactly the batches an
-    uninterrupted run would have seen.
+    uninterrupted run would have seen. With ``shared_augmentation`` the augmentation comes
+    from the epoch alone: in epoch k image i is shifted and flipped the same way whatever
+    the seed, and seeds differ in initialisation and order only. Runs of other seeds then
+    show a frozen teacher the very images it has answered before, so its answers are reused
+    (``kdtp.teacher_cache``) instead of computed once per seed.
     """
+
+    # the stream every seed draws its augmentation from under ``shared_augmentation``
+    SHARED_AUGMENTATION_SEED = 0
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
                  train: bool, device: torch.device | str = "cpu", image_size: int = 32,
                  seed: int = 0, drop_last: bool | None = None, normalization: str = "cifar10",
-                 augmentation: str = "crop"):
+                 augmentation: str = "crop", shared_augmentation: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
@@ -340,6 +360,7 @@ class DeviceLoader:
         # by up to 2 pixels, and alternating flip: each image gets a fixed random flip, mirrored
         # every other epoch, so consecutive epochs see both sides (Jordan, airbench, 2024)
         self.augmentation = augmentation
+        self.shared_augmentation = bool(shared_augmentation)
         self._base_flips: torch.Tensor | None = None     # drawn on first use (base_flips)
         self.seed = seed
         self.drop_last = train if drop_last is None else drop_last
@@ -350,13 +371,30 @@ class DeviceLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _augmentation_seed(self) -> int:
+        return self.SHARED_AUGMENTATION_SEED if self.shared_augmentation else self.seed
+
     def base_flips(self) -> torch.Tensor:
-        """Each image's flip at even epochs (the "airbench" augmentation), from the seed alone,
-        so a resumed run flips as an uninterrupted one."""
+        """Each image's flip at even epochs (the "airbench" augmentation), from the seed alone
+        (the shared stream's under ``shared_augmentation``), so a resumed run flips as an
+        uninterrupted one."""
         if self._base_flips is None:
-            gen = torch.Generator(device=self.device).manual_seed(self.seed * 100_003 - 1)
+            gen = torch.Generator(device=self.device).manual_seed(self._augmentation_seed() * 100_003 - 1)
             self._base_flips = torch.rand(len(self.labels), device=self.device, generator=gen) < 0.5
         return self._base_flips
+
+    def _epoch_draws(self) -> tuple[torch.Tensor, ...]:
+        """Every image's shift (and, for "crop", flip) for this epoch, from the epoch alone:
+        the draws of ``shared_augmentation``, indexed by image."""
+        n, dev = len(self.labels), self.device
+        gen = torch.Generator(device=dev).manual_seed(self.SHARED_AUGMENTATION_SEED * 100_003 + self.epoch
+                                                      + 50_000)
+        if self.augmentation == "airbench":
+            return (torch.randint(-2, 3, (n,), device=dev, generator=gen),
+                    torch.randint(-2, 3, (n,), device=dev, generator=gen))
+        return (torch.randint(0, 9, (n,), device=dev, generator=gen),
+                torch.randint(0, 9, (n,), device=dev, generator=gen),
+                torch.rand(n, device=dev, generator=gen) < 0.5)
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -367,11 +405,15 @@ class DeviceLoader:
         gen = torch.Generator(device=self.device).manual_seed(self.seed * 100_003 + self.epoch)
         order = (torch.randperm(n, device=self.device, generator=gen) if self.train
                  else torch.arange(n, device=self.device))
+        draws = self._epoch_draws() if self.train and self.shared_augmentation else None
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.images[idx]
             if self.train and self.augmentation == "airbench":
-                x = translate(x, gen, self.base_flips()[idx] ^ bool(self.epoch % 2))
+                flips = self.base_flips()[idx] ^ bool(self.epoch % 2)
+                x = (translate_by(x, draws[0][idx], draws[1][idx], flips) if draws is not None
+                     else translate(x, gen, flips))
             elif self.train:
-                x = augment(x, gen)
+                x = (crop_at(x, draws[0][idx], draws[1][idx], draws[2][idx]) if draws is not None
+                     else augment(x, gen))
             yield normalize(x, self.image_size, self.normalization), self.labels[idx]

@@ -56,6 +56,11 @@ class Recipe:
     # "crop" (pad 4, random crop, random flip) or "airbench" (translate by up to 2 pixels,
     # alternating flip): kdtp.data.DeviceLoader
     augmentation: str = "crop"
+    # every seed sees the same augmented images (the draws come from the epoch alone; seeds
+    # differ in initialisation and batch order): a frozen teacher's answers for one seed's
+    # students then serve every other seed's (kdtp.teacher_cache), so the extra pairs of 06
+    # skip the teacher's forward pass. False: the augmentation comes from the seed as well
+    shared_augmentation: bool = False
     # the BatchNorm shifts' learning rate as a multiple of lr (airbench: 64), with weight decay
     # divided by the same factor so every weight decays alike (kdtp.train.norm_bias_groups)
     norm_bias_lr_scale: float = 1.0
@@ -65,7 +70,7 @@ class Recipe:
     test_subset: int = 0
     synthetic: bool = False       # generated data instead of CIFAR-10
     smoke: bool = False
-    seed: int = 0                 # the students' seed (init, batch order, augmentation)
+    seed: int = 0                 # the students' seed (init, batch order; augmentation unless shared)
     # the teacher's seed, apart from the students': a sweep over student seeds distils every
     # seed from the one teacher a class shares, instead of training a teacher per seed
     teacher_seed: int = 0
@@ -122,6 +127,7 @@ RECIPES: dict[str, Recipe] = {
                   momentum=0.85, batch_size=1024, epochs=6, teacher_epochs=8, schedule="airbench",
                   warmup_fraction=0.23, label_smoothing=0.2, teacher_label_smoothing=0.2,
                   temperature=1.0, alpha=0.5, tta_flip=True, augmentation="airbench",
+                  shared_augmentation=True,
                   norm_bias_lr_scale=64.0, lookahead=True,
                   # cpu's 250 diverged here (real CIFAR-10, 2026-12-02: loss 4.9 -> 1487, 10% accuracy,
                   # in bf16 and in fp32): this recipe's learning rate is 7.5x cpu's (1.5 vs 0.2), so

@@ -280,7 +280,7 @@ def training_settings(spec: Run, recipe: Recipe) -> dict:
     }
 
 
-AIRBENCH_SETTINGS = ("augmentation", "norm_bias_lr_scale", "lookahead")
+AIRBENCH_SETTINGS = ("augmentation", "shared_augmentation", "norm_bias_lr_scale", "lookahead")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Recipe)}
 
 
@@ -361,7 +361,8 @@ def loaders(data: CifarData, recipe: Recipe, device: torch.device,
     kw = dict(device=device, image_size=recipe.image_size, seed=recipe.seed if seed is None else seed,
               normalization=recipe.normalization)
     return (DeviceLoader(data.train_x, data.train_y, recipe.batch_size, train=True,
-                         augmentation=recipe.augmentation, **kw),
+                         augmentation=recipe.augmentation,
+                         shared_augmentation=recipe.shared_augmentation, **kw),
             DeviceLoader(data.val_x, data.val_y, eval_batch, train=False, **kw),
             DeviceLoader(data.test_x, data.test_y, eval_batch, train=False, **kw))
 

@@ -298,3 +298,27 @@ def test_every_method_that_reads_inner_maps_runs_on_the_airbench_pair(run):
     sum(terms.values()).backward()
     assert all(torch.isfinite(v) for v in terms.values())
     assert student.layer1[0].weight.grad is not None and student.stem[0].weight.grad is None   # whitening frozen
+
+
+@pytest.mark.parametrize("augmentation", ["airbench", "crop"])
+def test_shared_augmentation_shows_every_seed_the_same_images_in_its_own_order(augmentation):
+    """Labels carry the image index, so each batch says which augmented copy of which image it holds."""
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+
+    def copies(seed, epoch, shared=True):
+        loader = DeviceLoader(images, torch.arange(64), 16, train=True, seed=seed,
+                              augmentation=augmentation, shared_augmentation=shared)
+        loader.set_epoch(epoch)
+        batches = list(loader)
+        order = torch.cat([y for _, y in batches])
+        seen = torch.cat([x for x, _ in batches])
+        return order, seen[order.argsort()]           # each image's augmented copy, by index
+
+    order0, copy0 = copies(0, 0)
+    order1, copy1 = copies(1, 0)
+    assert not torch.equal(order0, order1), "seeds still shuffle differently"
+    assert torch.equal(copy0, copy1), "but every image looks the same to every seed"
+    assert torch.equal(copies(1, 0)[1], copy1), "resumable: from the epoch alone"
+    assert not torch.equal(copies(0, 1)[1], copy0), "another epoch, other shifts and flips"
+    assert not torch.equal(copies(1, 0, shared=False)[1], copies(0, 0, shared=False)[1]), \
+        "unshared: the augmentation comes from the seed"
