@@ -396,6 +396,15 @@ class DeviceLoader:
                 torch.randint(0, 9, (n,), device=dev, generator=gen),
                 torch.rand(n, device=dev, generator=gen) < 0.5)
 
+    def _shared_images(self) -> torch.Tensor:
+        """Under ``shared_augmentation`` with ``drop_last``: the images this epoch shows, the
+        same for every seed (the remainder of the batch size left out is chosen by the epoch,
+        not by each seed's order), so another seed's batches hold only images shown before."""
+        n, dev = len(self.labels), self.device
+        gen = torch.Generator(device=dev).manual_seed(self.SHARED_AUGMENTATION_SEED * 100_003 + self.epoch
+                                                      + 70_000)
+        return torch.randperm(n, device=dev, generator=gen)[:n - n % self.batch_size]
+
     def __len__(self) -> int:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
@@ -406,6 +415,8 @@ class DeviceLoader:
         order = (torch.randperm(n, device=self.device, generator=gen) if self.train
                  else torch.arange(n, device=self.device))
         draws = self._epoch_draws() if self.train and self.shared_augmentation else None
+        if draws is not None and self.drop_last and n % self.batch_size:
+            order = self._shared_images()[order[order < n - n % self.batch_size]]
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.images[idx]

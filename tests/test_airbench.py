@@ -302,23 +302,29 @@ def test_every_method_that_reads_inner_maps_runs_on_the_airbench_pair(run):
 
 @pytest.mark.parametrize("augmentation", ["airbench", "crop"])
 def test_shared_augmentation_shows_every_seed_the_same_images_in_its_own_order(augmentation):
-    """Labels carry the image index, so each batch says which augmented copy of which image it holds."""
-    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    """Labels carry the image index, so each batch says which augmented copy of which image it
+    holds. 70 images in batches of 16: each epoch leaves 6 out, the same 6 for every seed."""
+    images = torch.randint(0, 256, (70, 3, 8, 8), dtype=torch.uint8)
 
     def copies(seed, epoch, shared=True):
-        loader = DeviceLoader(images, torch.arange(64), 16, train=True, seed=seed,
+        loader = DeviceLoader(images, torch.arange(70), 16, train=True, seed=seed,
                               augmentation=augmentation, shared_augmentation=shared)
         loader.set_epoch(epoch)
         batches = list(loader)
+        assert len(batches) == 4 and all(len(y) == 16 for _, y in batches)
         order = torch.cat([y for _, y in batches])
         seen = torch.cat([x for x, _ in batches])
-        return order, seen[order.argsort()]           # each image's augmented copy, by index
+        return order, order.sort().values, seen[order.argsort()]   # order, which images, their copies
 
-    order0, copy0 = copies(0, 0)
-    order1, copy1 = copies(1, 0)
+    order0, shown0, copy0 = copies(0, 0)
+    order1, shown1, copy1 = copies(1, 0)
     assert not torch.equal(order0, order1), "seeds still shuffle differently"
-    assert torch.equal(copy0, copy1), "but every image looks the same to every seed"
-    assert torch.equal(copies(1, 0)[1], copy1), "resumable: from the epoch alone"
-    assert not torch.equal(copies(0, 1)[1], copy0), "another epoch, other shifts and flips"
-    assert not torch.equal(copies(1, 0, shared=False)[1], copies(0, 0, shared=False)[1]), \
-        "unshared: the augmentation comes from the seed"
+    assert torch.equal(shown0, shown1), "the same 64 images shown by every seed"
+    assert torch.equal(copy0, copy1), "and every image looks the same to every seed"
+    assert torch.equal(copies(1, 0)[2], copy1), "resumable: from the epoch alone"
+    other_epoch = copies(0, 1)
+    assert not torch.equal(other_epoch[1], shown0) or not torch.equal(other_epoch[2], copy0), \
+        "another epoch: other images left out, other shifts and flips"
+    unshared = copies(0, 0, shared=False), copies(1, 0, shared=False)
+    assert not torch.equal(unshared[0][1], unshared[1][1]) or not torch.equal(unshared[0][2], unshared[1][2]), \
+        "unshared: what is left out and the augmentation come from the seed"
