@@ -21,9 +21,9 @@ COURSE_RUNS: dict[str, Run] = {r.name: r for r in (
     Run("student_ps_kd", method="ps_kd"),
     # --- 10: multi-teacher (block owned by 10_multi_teacher) ---
     # a second teacher: the lab's teacher trained again with another seed (teacher_seed 1). In
-    # cpu_air for 6 epochs instead of 8: the notebook then trains what it needs in about 9 min on
-    # 2 cores instead of 11-13 (issue 20's bound is 10), for a teacher_b about a point weaker
-    # (6 epochs: 89.7%, benchmarks/RESULTS.md)
+    # cpu_air for 6 epochs instead of the lab teacher's 10: the notebook then trains what it needs
+    # in about 9 min on 2 AVX2 cores (issue 20's bound is 10), for a teacher_b one to two points
+    # weaker (6 epochs: 89.7%, 10: 91.6%; benchmarks/RESULTS.md)
     Run("teacher_b", role="teacher", pretrained=True, overrides={"teacher_seed": 1},
         recipe_overrides={"cpu_air": {"teacher_epochs": 6}}),
     # the student of teacher_b alone (the lab's teacher's is student_pretrained_kd_logits)
