@@ -39,7 +39,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kdtp.data import normalize, read_cifar_folder, split_indices
+from kdtp.batches import normalize
+from kdtp.data import read_cifar_folder, split_indices
 
 
 class BatchNorm(nn.BatchNorm2d):

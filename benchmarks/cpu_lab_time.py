@@ -22,7 +22,8 @@ import time
 import torch
 
 from kdtp.bench import TimedLoader
-from kdtp.data import DeviceLoader, load_cifar10, write_synthetic_cifar10
+from kdtp.batches import DeviceLoader
+from kdtp.data import load_cifar10, write_synthetic_cifar10
 from kdtp.env import pick_device, pick_precision
 from kdtp.recipes import get_recipe
 from kdtp.runs import RUNS, TEACHER, build_network, build_strategy, trains_the_same

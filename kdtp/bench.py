@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .data import CLASSES, FOLDER, DeviceLoader, has_cifar_files, load_cifar10, write_synthetic_cifar10
+from .batches import DeviceLoader
+from .data import CLASSES, FOLDER, has_cifar_files, load_cifar10, write_synthetic_cifar10
 from .env import ConfigError, pick_device, pick_precision, seed_everything
 from .recipes import get_recipe
 from .runs import RUNS, TEACHER, build_network, build_strategy

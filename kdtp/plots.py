@@ -18,7 +18,8 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
-from .data import CLASSES, augment
+from .batches import augment
+from .data import CLASSES
 from .env import figures_root, smoke_mode
 from .plot_style import (KD_COLOR, SHORT_NAMES, SMOKE_NOTE, STUDENT_COLOR,  # noqa: F401  (plots.X)
                          TEACHER_COLOR, _as_list, _get, finish, is_smoke, run_name, short_name)
@@ -117,7 +118,7 @@ def image_grid(images: torch.Tensor, labels: torch.Tensor, per_class: int = 8,
 
 
 def augmentations(images: torch.Tensor, n: int = 5, seed: int = 0, smoke: bool | None = None) -> Figure:
-    """Each image (left) and ``n`` random crops+flips of it, made by ``kdtp.data.augment``.
+    """Each image (left) and ``n`` random crops+flips of it, made by ``kdtp.batches.augment``.
 
     Shows that augmentation changes the pixels but never the label.
     """

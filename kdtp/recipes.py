@@ -54,7 +54,7 @@ class Recipe:
     normalization: str = "cifar10"
     tta_flip: bool = False        # average logits with the flipped image at evaluation
     # "crop" (pad 4, random crop, random flip) or "airbench" (translate by up to 2 pixels,
-    # alternating flip): kdtp.data.DeviceLoader
+    # alternating flip): kdtp.batches.DeviceLoader
     augmentation: str = "crop"
     # every seed sees the same augmented images (the draws come from the epoch alone; seeds
     # differ in initialisation and batch order): a frozen teacher's answers for one seed's
@@ -234,7 +234,7 @@ def parse_set_args(pairs: list[str] | None) -> dict[str, str]:
 
 def validate(recipe: Recipe) -> Recipe:
     """Refuse values that would fail later, mid-run, with a less clear message."""
-    from .data import AUGMENTATIONS
+    from .batches import AUGMENTATIONS
     from .models import ARCHS
 
     checks = [

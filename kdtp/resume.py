@@ -16,7 +16,7 @@ import torch
 import torchvision
 
 from . import __version__, teacher_cache
-from .data import normalize
+from .batches import normalize
 from .env import local_checkpoint_root, pick_precision
 from .models import needs_data_init
 from .recipes import Recipe

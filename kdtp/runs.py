@@ -23,7 +23,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from .data import CifarData, DeviceLoader, load_cifar10
+from .batches import DeviceLoader
+from .data import CifarData, load_cifar10
 from .distillers import Strategy, Teacher, get_method
 from .env import ConfigError, seed_everything
 from .models import ARCHS, build_model, has_pretrained_weights

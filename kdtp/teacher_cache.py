@@ -2,7 +2,7 @@
 
 Why: in the CPU recipes a KD student's epoch costs up to twice a labels-only epoch, and the
 extra is the frozen teacher's forward pass. Runs with the same seed see the very same
-batches (``kdtp.data.DeviceLoader``: order and augmentation come from the seed and the
+batches (``kdtp.batches.DeviceLoader``: order and augmentation come from the seed and the
 epoch alone), so the students of other widths in 11, the ensembles of 10, the fine-tunes
 of 12 and, in the ImageNet recipes, 05's scratch KD student all ask the lab's teacher what
 03's student asked it. With a recipe's ``shared_augmentation`` (``cpu_air``) the students of

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .cpu_memory import keep_freed_memory
-from .data import DeviceLoader
+from .batches import DeviceLoader
 from .losses import value_checks_on_accelerators
 
 PRECISIONS = ("fp32", "bf16", "fp16")

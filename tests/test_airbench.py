@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdtp.data import DeviceLoader, translate
+from kdtp.batches import DeviceLoader, translate
 from kdtp.models import (AIR_ARCHS, AirbenchCNN, build_model, count_parameters, feature_shape, feature_tap,
                          needs_data_init)
 from kdtp.recipes import get_recipe
@@ -144,7 +144,7 @@ def test_alternating_flip_mirrors_every_image_every_other_epoch_and_resumes():
 
 
 def test_alternating_flip_flips_the_same_image_at_odd_epochs(monkeypatch):
-    import kdtp.data as kdata
+    import kdtp.batches as kdata
 
     seen = []
     monkeypatch.setattr(kdata, "translate", lambda x, gen, flip: seen.append(flip.clone()) or x)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from kdtp import data
-from kdtp.data import (DataNotFoundError, DeviceLoader, augment, load_cifar10, normalize,
-                       split_indices, write_synthetic_cifar10)
+from kdtp.batches import DeviceLoader, augment, normalize
+from kdtp.data import DataNotFoundError, load_cifar10, split_indices, write_synthetic_cifar10
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from kdtp import env
-from kdtp.data import DeviceLoader, load_cifar10, write_synthetic_cifar10
+from kdtp.batches import DeviceLoader
+from kdtp.data import load_cifar10, write_synthetic_cifar10
 from kdtp.distillers import Strategy
 from kdtp.models import build_model
 from kdtp.train import autocast, evaluate, fit, make_optimizer, make_scheduler

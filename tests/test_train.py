@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from kdtp.data import DeviceLoader, load_cifar10
+from kdtp.batches import DeviceLoader
+from kdtp.data import load_cifar10
 from kdtp.env import pick_precision
 from kdtp.distillers import FeatureKD, LogitKD, Strategy
 from kdtp.models import build_model
@@ -82,7 +83,7 @@ def test_feature_kd_trains_an_adapter_that_is_not_part_of_the_student(small_data
 
 def test_correct_per_image_is_what_evaluate_scores():
     """The per-image view behind paired comparisons: same predictions as the accuracy, flip TTA included."""
-    from kdtp.data import DeviceLoader
+    from kdtp.batches import DeviceLoader
     from kdtp.train import correct_per_image, evaluate
 
     torch.manual_seed(0)

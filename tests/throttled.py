@@ -5,7 +5,7 @@ mid-epoch whatever the machine's speed; ``THROTTLED.format(seconds)`` is the pro
 """
 THROTTLED = """
 import sys, time
-import kdtp.data as data
+import kdtp.batches as data
 plain_iter = data.DeviceLoader.__iter__
 def throttled(self):
     for batch in plain_iter(self):
