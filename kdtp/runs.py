@@ -219,6 +219,12 @@ def describe(spec: Run, recipe: Recipe) -> str:
         parts.append(method.title)
     if spec.teachers and spec.teachers != (TEACHER,):
         parts[-1] += f" from {' + '.join(spec.teachers)}"
+    # a recipe without ImageNet weights makes a "scratch" run and its "pretrained" namesake one
+    # training: say so, or two runs read alike in a table and look like a mistake (13)
+    twin = next((other for other in REGISTRY.values() if other.name == spec.name
+                 or trains_the_same(other, spec, recipe)), spec)
+    if twin is not spec:
+        parts[-1] += f" (the same training as {twin.name})"
     return ", ".join(parts)
 
 

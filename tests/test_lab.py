@@ -113,6 +113,9 @@ def test_committed_notebooks_are_clean_and_complete(name):
     raw = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())
     nb = nbformat.reads(json.dumps(raw), as_version=4)
     nbformat.validate(nb)
+    ids = [c.get("id") for c in raw["cells"]]
+    # nbformat 4.5 cells carry an id; without one every reader warns (MissingIDFieldWarning)
+    assert all(ids) and len(set(ids)) == len(ids), "every cell has its own id"
     assert nb.metadata["kernelspec"]["name"] == "python3"
     assert "widgets" not in nb.metadata, "no widget state is committed"
     code = [c for c in nb.cells if c.cell_type == "code"]

@@ -56,6 +56,12 @@ def test_titles_tell_the_truth_of_the_recipe():
     pre = runs.RUNS["student_pretrained_kd_logits"]
     assert runs.describe(pre, cpu) == "Student cnn_small, from scratch, KD on logits"
     assert runs.describe(pre, paper) == "Student resnet18, ImageNet-pretrained, KD on logits"
+    # without ImageNet weights the "scratch" run is the "pretrained" one's training: said, once
+    scratch = runs.RUNS["student_scratch_kd_scores"]
+    assert runs.describe(scratch, cpu) == ("Student cnn_small, from scratch, KD on logits "
+                                           "(the same training as student_pretrained_kd_logits)")
+    assert runs.describe(pre, cpu) == "Student cnn_small, from scratch, KD on logits"
+    assert runs.describe(scratch, paper) == "Student resnet18, from scratch, KD on logits"
 
 
 def test_declaring_a_run_registers_it_and_bad_declarations_say_what_to_do():
