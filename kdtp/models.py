@@ -119,6 +119,11 @@ class AirbenchCNN(nn.Sequential):
         self.pool = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), Scale(1 / 9))
         self.fc = nn.Linear(c_in, num_classes, bias=False)
 
+    def train_whitening_bias(self, trainable: bool) -> None:
+        """Train the whitening layer's bias, or freeze it (airbench freezes it after 3 epochs:
+        then no gradient flows below the first block, the costliest backward at 31x31)."""
+        self.stem[0].bias.requires_grad_(trainable)
+
     @torch.no_grad()
     def init_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:
         """Set the frozen first layer from normalised training ``images`` (N, 3, H, W): the 12

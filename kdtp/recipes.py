@@ -65,6 +65,10 @@ class Recipe:
     # divided by the same factor so every weight decays alike (kdtp.train.norm_bias_groups)
     norm_bias_lr_scale: float = 1.0
     lookahead: bool = False       # airbench's lookahead EMA of the weights (kdtp.train.LookaheadSGD)
+    # an airbench network's whitening layer trains its bias for this many epochs, then the bias is
+    # frozen (airbench94: 3): the layer's input gradient, at the full 31x31 grid, is no longer
+    # computed. 0: the bias trains to the end. No effect on other networks
+    whiten_bias_epochs: int = 0
     train_subset: int = 0         # 0: all 45,000
     val_subset: int = 0
     test_subset: int = 0
@@ -133,6 +137,9 @@ RECIPES: dict[str, Recipe] = {
                   temperature=1.0, alpha=0.5, tta_flip=True, augmentation="airbench",
                   shared_augmentation=True,
                   norm_bias_lr_scale=64.0, lookahead=True,
+                  # airbench's frozen whitening bias after 3 epochs (since 2026-12-06: a student's
+                  # epochs 4-6 took 12.5-13.0 s instead of 14.7 on AVX2 kernels; RESULTS.md)
+                  whiten_bias_epochs=3,
                   # cpu's 250 diverged here (real CIFAR-10, 2026-12-02: loss 4.9 -> 1487, 10% accuracy,
                   # in bf16 and in fp32): this recipe's learning rate is 7.5x cpu's (1.5 vs 0.2), so
                   # the AT and RKD terms take 7.5x larger steps. Both weights scaled by 0.2 / 1.5;

@@ -99,6 +99,14 @@ def find_last(name: str, folder: Path, stem: str, config: dict, wanted: str, ver
     return None, None
 
 
+def whitening_schedule(model: torch.nn.Module, epochs: int):
+    """``fit``'s ``before_epoch`` for airbench's whitening bias: trained in the first ``epochs``
+    epochs, frozen after (None where there is nothing to freeze: ``epochs`` 0, another network)."""
+    if epochs <= 0 or not needs_data_init(model):
+        return None
+    return lambda epoch: model.train_whitening_bias(epoch < epochs)
+
+
 def train_run(spec: Run, recipe: Recipe, config: dict, wanted: str, data, folder: Path,
               stem: str, device: torch.device, teachers: list[RunResult], verbose: bool,
               progress: bool, init: RunResult | None = None) -> RunResult:
@@ -202,7 +210,8 @@ def train_run(spec: Run, recipe: Recipe, config: dict, wanted: str, data, folder
              f"{precision}.", verbose)
         state = fit(strategy, train_loader, val_loader, optimizer=optimizer, scheduler=scheduler,
                     epochs=epochs, precision=precision, state=state, scaler=scaler,
-                    on_epoch_end=save_last, desc=spec.name, tta_flip=run_recipe.tta_flip, progress=progress)
+                    on_epoch_end=save_last, desc=spec.name, tta_flip=run_recipe.tta_flip, progress=progress,
+                    before_epoch=whitening_schedule(model, run_recipe.whiten_bias_epochs))
     for cache, t in zip(caches, teachers):
         if cache.hits + cache.misses:
             log(f"{spec.name}: {cache.summary()} ({t.name}).", verbose)

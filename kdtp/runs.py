@@ -287,7 +287,8 @@ def training_settings(spec: Run, recipe: Recipe) -> dict:
     }
 
 
-AIRBENCH_SETTINGS = ("augmentation", "shared_augmentation", "norm_bias_lr_scale", "lookahead")
+AIRBENCH_SETTINGS = ("augmentation", "shared_augmentation", "norm_bias_lr_scale", "lookahead",
+                     "whiten_bias_epochs")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Recipe)}
 
 

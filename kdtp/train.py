@@ -200,11 +200,14 @@ def fit(strategy, train_loader: DeviceLoader, val_loader: DeviceLoader, *,
         optimizer: torch.optim.Optimizer, scheduler, epochs: int, precision: str = "fp32",
         state: FitState | None = None, scaler: torch.amp.GradScaler | None = None,
         on_epoch_end: Callable[[FitState], None] | None = None, desc: str = "train",
-        tta_flip: bool = False, progress: bool = True) -> FitState:
+        tta_flip: bool = False, progress: bool = True,
+        before_epoch: Callable[[int], None] | None = None) -> FitState:
     """Train ``strategy`` for ``epochs`` (continuing from ``state``), keep the best-on-val weights.
 
     Each step sums the strategy's loss terms; the bar shows loss and accuracy, the
     history records every term per epoch plus validation accuracy, lr and seconds.
+    ``before_epoch(epoch)`` runs before each epoch (0-based), a resumed run's first included:
+    what changes with the epoch alone (airbench's frozen whitening bias) is set there.
     """
     device = train_loader.device
     if device.type == "cpu":
@@ -214,16 +217,18 @@ def fit(strategy, train_loader: DeviceLoader, val_loader: DeviceLoader, *,
     # the losses' per-step value checks would sync a GPU every step (kdtp.losses)
     with value_checks_on_accelerators(device.type == "cpu"):
         return _fit_epochs(strategy, optimizer, scheduler, train_loader, val_loader, epochs, precision,
-                           state, scaler, on_epoch_end, desc, tta_flip, progress)
+                           state, scaler, on_epoch_end, desc, tta_flip, progress, before_epoch)
 
 
 def _fit_epochs(strategy, optimizer, scheduler, train_loader, val_loader, epochs, precision, state,
-                scaler, on_epoch_end, desc, tta_flip, progress) -> FitState:
+                scaler, on_epoch_end, desc, tta_flip, progress, before_epoch) -> FitState:
     device = train_loader.device
     student = strategy.student
     for epoch in range(state.epoch, epochs):
         started = time.perf_counter()
         train_loader.set_epoch(epoch)
+        if before_epoch is not None:
+            before_epoch(epoch)
         strategy.train()
         if hasattr(strategy, "start_epoch"):
             strategy.start_epoch(epoch, epochs)

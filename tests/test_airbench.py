@@ -328,3 +328,30 @@ def test_shared_augmentation_shows_every_seed_the_same_images_in_its_own_order(a
     unshared = copies(0, 0, shared=False), copies(1, 0, shared=False)
     assert not torch.equal(unshared[0][1], unshared[1][1]) or not torch.equal(unshared[0][2], unshared[1][2]), \
         "unshared: what is left out and the augmentation come from the seed"
+
+
+def test_the_whitening_bias_trains_its_first_epochs_then_stays_frozen():
+    """airbench's ``whiten_bias_epochs``: the bias moves in epoch 1, not after (plain SGD here:
+    the lookahead average would pull even a frozen weight toward its mean, as airbench's does)."""
+    from kdtp.distillers import Strategy
+    from kdtp.resume import whitening_schedule
+    from kdtp.train import fit
+
+    torch.manual_seed(0)
+    model = build_model("air_w4")
+    x, y = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (256,))
+    train, val = DeviceLoader(x, y, 64, train=True), DeviceLoader(x[:64], y[:64], 64, train=False)
+    opt = make_optimizer(norm_bias_groups(model, 0.1, 5e-4, 64.0), "sgd", 0.1, 5e-4)
+    sched = make_scheduler(opt, "constant", 12, 0.0)
+    seen = []
+    fit(Strategy(model), train, val, optimizer=opt, scheduler=sched, epochs=3, progress=False,
+        before_epoch=whitening_schedule(model, 1),
+        on_epoch_end=lambda s: seen.append((model.stem[0].bias.detach().clone(),
+                                            model.layer1[0].weight.detach().clone())))
+    (bias1, conv1), (bias2, conv2), (bias3, conv3) = seen
+    assert bias1.abs().sum() > 0, "trained in the first epoch (it starts at zero)"
+    assert torch.equal(bias1, bias2) and torch.equal(bias2, bias3), "frozen after it"
+    assert not torch.equal(conv1, conv2) and not torch.equal(conv2, conv3), "the rest still trains"
+    assert not model.stem[0].bias.requires_grad
+    assert whitening_schedule(model, 0) is None and whitening_schedule(build_model("cnn_tiny"), 3) is None
+    assert get_recipe("cpu_air", smoke=False).whiten_bias_epochs == 3 and get_recipe("fast").whiten_bias_epochs == 0

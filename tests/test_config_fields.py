@@ -54,6 +54,7 @@ SCOPE = {
     "momentum": ALL, "batch_size": ALL, "schedule": ALL, "warmup_fraction": ALL,
     "train_subset": ALL, "val_subset": ALL, "test_subset": ALL, "synthetic": ALL, "smoke": ALL,
     "tta_flip": ALL, "normalization": ALL, "augmentation": ALL, "shared_augmentation": ALL, "norm_bias_lr_scale": ALL, "lookahead": ALL,
+    "whiten_bias_epochs": ALL,     # named in every run's configuration where set (the CNNs without a whitening layer ignore it)
     "pretrained": PRETRAINED,        # scratch runs (and runs learning only from them) never use ImageNet
     **{k: role_setting("teacher", k) for k in ("teacher_arch", "teacher_lr", "teacher_epochs",
                                                 "teacher_label_smoothing", "teacher_seed")},
