@@ -145,6 +145,10 @@ RECIPES: dict[str, Recipe] = {
                   # the AT and RKD terms take 7.5x larger steps. Both weights scaled by 0.2 / 1.5;
                   # AT at 30 trains (2-epoch check, val 0.61); RKD's scaled weights not checked alone.
                   attention_weight=30.0,
+                  # the feature hint's beta scaled the same way (1 -> 0.2 / 1.5): at 1 the hint pulled 04's
+                  # student off course, -0.57 points against logit KD over seeds 0-2 (bf16, real CIFAR-10,
+                  # 2026-12-06), at 0.13 -0.13, within noise; 0.13 beat 1 by +0.44 +/- 0.05 paired by seed
+                  feature_weight=1.0 * 0.2 / 1.5,
                   # 12's one-epoch fine-tunes of a pruned or factorised student at lr 1.5 undid most
                   # of what the student knew (real CIFAR-10, 2026-12-02: 80% pruned 0.7590, half the
                   # channels 0.4236, low rank 0.5154, from 0.8554): a trained network is fine-tuned
