@@ -99,7 +99,7 @@ def test_time_estimate_only_where_results_md_measured_it(no_gpu, monkeypatch):
     # the default CPU recipe on the slowest class has a row too, and it says how it was measured
     monkeypatch.setattr(env, "cpu_class", lambda: "cpu-avx2")
     air = doctor.time_fact(get_recipe("cpu_air", smoke=False), ALL_TRAIN).line
-    assert "28 min" in air and "AVX2 kernels" in air and "an estimate" in air and "29-34" not in air
+    assert "26.5 min" in air and "AVX2 kernels" in air and "an estimate" in air and "29-34" not in air
 
 
 def test_checkpoint_folder_read_only_full_or_fine(tmp_path, monkeypatch):
