@@ -118,7 +118,7 @@ RECIPES: dict[str, Recipe] = {
                   attention_weight=250.0),
     # The default without a GPU since 2026-12-02: airbench-style CNNs (Keller Jordan's
     # airbench94, narrowed; no ImageNet weights) with its training tricks: frozen whitening
-    # layer, dirac init, BatchNorm shifts at 64x the learning rate, Nesterov SGD with airbench's decoupled lr 11.5 and wd 0.0153 per 1024
+    # layer (its bias trained 3 epochs, then frozen), dirac init, BatchNorm shifts at 64x the learning rate, Nesterov SGD with airbench's decoupled lr 11.5 and wd 0.0153 per 1024
     # images (here per mean-reduced batch of 1024: lr 1.5, wd 0.0153 / 11.5), its warm-up and
     # linear decay, lookahead EMA, translate-2 + alternating flip, label smoothing 0.2 for
     # every network (students on hard labels stumble at this learning rate: a handicapped
