@@ -138,7 +138,8 @@ RECIPES: dict[str, Recipe] = {
                   shared_augmentation=True,
                   norm_bias_lr_scale=64.0, lookahead=True,
                   # airbench's frozen whitening bias after 3 epochs (since 2026-12-06: a student's
-                  # epochs 4-6 took 12.5-13.0 s instead of 14.7 on AVX2 kernels; RESULTS.md)
+                  # epochs 4-6 took 11.9-12.1 s instead of 14.4 on AVX2 kernels, the core lab 26.5 min
+                  # instead of 28.1; RESULTS.md)
                   whiten_bias_epochs=3,
                   # cpu's 250 diverged here (real CIFAR-10, 2026-12-02: loss 4.9 -> 1487, 10% accuracy,
                   # in bf16 and in fp32): this recipe's learning rate is 7.5x cpu's (1.5 vs 0.2), so
@@ -264,6 +265,8 @@ def validate(recipe: Recipe) -> Recipe:
         (not recipe.lookahead or recipe.optimizer == "sgd",
          "lookahead needs optimizer sgd: set optimizer=sgd, or lookahead=false"),
         (recipe.norm_bias_lr_scale > 0, "norm_bias_lr_scale must be > 0"),
+        (recipe.whiten_bias_epochs >= 0,
+         "whiten_bias_epochs must be >= 0 (0: the whitening bias trains to the end)"),
         (recipe.augmentation in AUGMENTATIONS, f"augmentation must be one of {', '.join(AUGMENTATIONS)}"),
         (recipe.normalization in ("cifar10", "imagenet"), "normalization must be cifar10 or imagenet"),
         (recipe.feature_weight >= 0, "feature_weight must be >= 0"),

@@ -42,6 +42,17 @@ FAMILY: dict[str, tuple[str, ...]] = {
     "fast": ("cnn_w8", "cnn_w16", "cnn_w32", "resnet18"),         # teacher resnet50
     "paper": ("cnn_w8", "cnn_w16", "cnn_w32", "resnet18"),
 }
+# each recipe's design at widths that double, smallest first: 11's parameters-and-latency demo
+# (doubling a width about quadruples the parameters); cpu_air's air_w24 is 1.5x air_small, left out
+DOUBLING: dict[str, tuple[str, ...]] = {"cpu_air": ("air_w4", "air_w8", "air_small")}
+DOUBLING_DEFAULT = ("cnn_w4", "cnn_w8", "cnn_w16", "cnn_w32")
+
+
+def doubling_widths(recipe_name: str) -> tuple[str, ...]:
+    """The networks of ``recipe_name``'s design whose widths double, smallest first."""
+    return DOUBLING.get(recipe_name, DOUBLING_DEFAULT)
+
+
 # the runs of the sizes that are not a recipe's own student (declared in kdtp/course.py)
 SIZE_RUNS: dict[str, tuple[str, str]] = {
     **{f"cnn_{w}": (f"student_{w}_baseline", f"student_{w}_kd_logits") for w in ("w4", "w8", "w16", "w32")},

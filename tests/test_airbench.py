@@ -355,3 +355,5 @@ def test_the_whitening_bias_trains_its_first_epochs_then_stays_frozen():
     assert not model.stem[0].bias.requires_grad
     assert whitening_schedule(model, 0) is None and whitening_schedule(build_model("cnn_tiny"), 3) is None
     assert get_recipe("cpu_air", smoke=False).whiten_bias_epochs == 3 and get_recipe("fast").whiten_bias_epochs == 0
+    with pytest.raises(Exception, match="whiten_bias_epochs must be >= 0"):
+        get_recipe("cpu_air", whiten_bias_epochs=-1)

@@ -63,6 +63,15 @@ def test_doubling_the_width_about_quadruples_the_parameters():
     assert all(3.5 < b / a < 4.0 for a, b in zip(counts, counts[1:]))
 
 
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_each_recipes_doubling_series_quadruples_its_parameters(name):
+    """11's demo (nbval runs it in one recipe only): every recipe's series doubles its widths."""
+    series = ss.doubling_widths(name)
+    counts = [count_parameters(build_model(a)) for a in series]
+    assert len(series) >= 3 and all(3.5 < b / a < 4.0 for a, b in zip(counts, counts[1:]))
+    assert get_recipe(name, smoke=False).student_arch in series or name != "cpu_air"
+
+
 def _data(n=8):
     x = torch.zeros(n, 3, 2, 2, dtype=torch.uint8)
     y = torch.zeros(n, dtype=torch.long)
