@@ -68,7 +68,9 @@ def _sweep(args) -> int:
         runs = args.runs or list(sweep.DEFAULT_RUNS)
         for run in runs:
             get_run(run)
-        plan = sweep.SweepPlan(runs, sweep.seed_list(args.seeds, args.seed_list), sweep.parse_grid(args.grid))
+        grid = sweep.parse_grid(args.grid)
+        sweep.refuse_fixed_and_varied(grid, sets)
+        plan = sweep.SweepPlan(runs, sweep.seed_list(args.seeds, args.seed_list), grid)
         cells = plan.cells()
     if plan is not None and (args.plan or args.slurm):
         from .store import run_folder

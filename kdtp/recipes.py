@@ -240,6 +240,9 @@ def parse_set_args(pairs: list[str] | None) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {pair!r} (e.g. --set alpha=0.9)")
+        if key.strip() in out and out[key.strip()] != value.strip():
+            raise ConfigError(f"--set {key.strip()} is given twice ({out[key.strip()]!r} and "
+                              f"{value.strip()!r}): keep the one you mean")
         out[key.strip()] = value.strip()
     return out
 

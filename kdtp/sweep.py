@@ -81,8 +81,23 @@ def parse_grid(pairs: list[str] | None) -> dict[str, list]:
             raise ConfigError(f"--grid expects key=v1,v2,..., got {pair!r} (e.g. --grid temperature=2,4,8)")
         if key in ("seed", "name", "smoke"):
             raise ConfigError(f"--grid {key}: use --seeds/--seed-list for seeds and --recipe/--smoke for the rest")
-        grid[key] = [coerce_overrides({key: v})[key] for v in items]
+        if key in grid:
+            raise ConfigError(f"--grid {key} is given twice: list every value once, e.g. "
+                              f"--grid {key}={','.join(str(v) for v in grid[key])},{','.join(items)}")
+        values = [coerce_overrides({key: v})[key] for v in items]
+        if len(set(values)) != len(values):
+            raise ConfigError(f"--grid {pair!r} repeats a value: each value is one column of the grid, "
+                              "give it once")
+        grid[key] = values
     return grid
+
+
+def refuse_fixed_and_varied(grid: dict, sets: dict) -> None:
+    """A setting both fixed and varied would silently take the grid's values: refuse it."""
+    both = sorted(set(grid) & set(sets))
+    if both:
+        raise ConfigError(f"{', '.join(both)} is both fixed (--set) and varied (--grid): "
+                          "drop the --set to vary it, or the --grid to fix it")
 
 
 def seed_list(seeds: int | None = None, listed: str | None = None) -> list[int]:
@@ -236,6 +251,7 @@ def run_sweep(plan: SweepPlan, recipe=None, smoke=None, sets: dict | None = None
     from .runs import TEACHER, get_run
 
     sets = dict(sets or {})
+    refuse_fixed_and_varied(plan.grid, sets)
     for run in plan.runs:
         get_run(run)
     resolved = get_recipe(recipe, smoke=smoke, **sets)

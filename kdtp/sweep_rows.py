@@ -110,8 +110,65 @@ def seed_rows(results: Mapping[str, Any], sweep_rows: Sequence[Mapping[str, Any]
     return {name: out[name] for name in results}
 
 
+def _seeded_links(run: str) -> tuple[str, ...]:
+    """The config keys of ``run`` that name a run trained at the student's own seed (a
+    born-again teacher, the student a pruned run starts from): they differ from seed to
+    seed within one experiment."""
+    from .runs import get_run
+
+    try:
+        spec = get_run(run)
+    except Exception:          # a run this kit does not declare: compare every key
+        return ()
+    links = []
+    if spec.teachers and any(get_run(t).role == "student" for t in spec.teachers):
+        links.append("teacher_config")
+    if spec.init_from:
+        links.append("init_config")
+    return tuple(links)
+
+
+def experiment_id(run: str, config: Mapping[str, Any] | None) -> str | None:
+    """A short digest of ``config`` without the seed (and the seeded links): the same for
+    every seed of one experiment, different as soon as any setting, the data or a
+    teacher differs. ``None`` for a row without its configuration."""
+    import hashlib
+
+    if not config:
+        return None
+    ignored = ("seed",) + _seeded_links(run)
+    kept = {k: v for k, v in config.items() if k not in ignored}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def split_experiments(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Rows whose run was trained in several configurations (beyond the seed) renamed
+    ``run [key=value, ...]`` by what differs, so that seeds of different experiments (two
+    sweeps with different ``--set`` appended to one file, or merged) are never averaged as
+    if they were seeds of one."""
+    by_run: dict[str, list[Mapping]] = {}
+    for row in rows:
+        by_run.setdefault(str(row.get("run")), []).append(row)
+    out = []
+    for run, group in by_run.items():
+        ignored = ("seed",) + _seeded_links(run)
+        configs = [{k: v for k, v in (r.get("config") or {}).items() if k not in ignored} for r in group]
+        keys = sorted({k for c in configs for k in c})
+        differing = [k for k in keys
+                     if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
+        for row, config in zip(group, configs):
+            if differing:
+                label = ", ".join(f"{k}={config.get(k)}" for k in differing)
+                row = {**row, "run": f"{run} [{label}]"}
+            out.append(dict(row))
+    return out
+
+
 def summary(rows: list[dict], baseline: str = "student_pretrained_baseline") -> str:
-    """Mean ± std per run and setting, and every distilled run's paired gain over the baseline."""
+    """Mean ± std per run and setting, and every distilled run's paired gain over the baseline.
+
+    A run found in several configurations in one setting is shown once per configuration
+    (``split_experiments``); a gain is computed only against a baseline of one configuration."""
     from . import stats
 
     if not rows:
@@ -122,6 +179,7 @@ def summary(rows: list[dict], baseline: str = "student_pretrained_baseline") -> 
         groups.setdefault((bool(row.get("smoke")), settings), []).append(row)
     lines = []
     for (smoke, settings), group in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        group = split_experiments(group)
         head = " ".join(f"{k[4:]}={v}" for k, v in settings) or "recipe settings"
         lines.append(f"== {head}" + ("   [SMOKE: synthetic data, not real results]" if smoke else ""))
         for entry in stats.table(group):
@@ -132,4 +190,6 @@ def summary(rows: list[dict], baseline: str = "student_pretrained_baseline") -> 
         if baseline in names:
             for other in sorted(names - {baseline}):
                 lines.append("  " + stats.describe_gain(baseline, other, stats.compare_runs(group, baseline, other)))
+        elif any(name.startswith(baseline + " [") for name in names):
+            lines.append(f"  (no gain computed: {baseline} was trained in several configurations here)")
     return "\n".join(lines)

@@ -23,9 +23,13 @@ def test_cells_are_the_product_of_runs_seeds_and_grid():
 
 def test_grid_and_seed_input_is_checked_before_anything_trains():
     assert sweep.parse_grid(["temperature=2,4", "alpha=0.1"]) == {"temperature": [2.0, 4.0], "alpha": [0.1]}
-    for bad in (["temperature"], ["temperature="], ["nonsense=1,2"], ["alpha=high"], ["seed=1,2"]):
+    for bad in (["temperature"], ["temperature="], ["nonsense=1,2"], ["alpha=high"], ["seed=1,2"],
+                ["temperature=2,4", "temperature=8"], ["temperature=2,2.0"]):
         with pytest.raises(ConfigError):
             sweep.parse_grid(bad)
+    with pytest.raises(ConfigError, match="both fixed"):
+        sweep.run_sweep(sweep.SweepPlan(["student_pretrained_baseline"], [0], {"alpha": [0.1, 0.5]}),
+                        recipe="fast", smoke=True, sets={"alpha": 0.9}, workers=1)
     assert sweep.seed_list(None, None) == [0, 1, 2]
     assert sweep.seed_list(2, "5,7") == [5, 7]
     for bad in ("a,b", "1,1", ","):
@@ -99,6 +103,9 @@ def test_merge_joins_files_and_keeps_one_row_per_configuration(tmp_path):
     ["sweep", "--set", "seed=3"],
     ["sweep", "--merge", "nothere.jsonl"],
     ["sweep", "--workers", "0"],
+    ["sweep", "--grid", "temperature=1,2", "--grid", "temperature=4"],
+    ["sweep", "--set", "temperature=2", "--grid", "temperature=1,2"],
+    ["sweep", "--set", "alpha=0.1", "--set", "alpha=0.5"],
 ])
 def test_bad_sweep_arguments_exit_2_in_one_line(argv, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -155,3 +162,44 @@ def test_the_labs_extra_seeds_train_once_land_in_the_sweep_file_and_then_load(tm
     assert list(demo) == [0, 1]
     with pytest.raises(ConfigError, match="distinct seeds"):
         sweep.train_seeds(runs, recipe, [0, 0], **kw)
+
+
+def _row(run, seed, acc, **config):
+    return {"run": run, "seed": seed, "test_acc": acc, "n_test": 10000, "smoke": False,
+            "config_hash": f"{run}-{seed}-{sorted(config.items())}", "config": {"seed": seed, **config}}
+
+
+def test_summary_never_pools_seeds_of_different_experiments():
+    # two sweeps appended to one file (one with --set alpha=0.1): each KD experiment apart
+    rows = [_row("student_pretrained_baseline", s, 0.84 + s / 1000, lr=1.5) for s in range(3)]
+    rows += [_row("student_pretrained_kd_logits", s, acc + s / 1000, lr=1.5, alpha=alpha, teacher_config="t")
+             for s in range(3) for alpha, acc in ((0.5, 0.85), (0.1, 0.82))]
+    text = sweep.summary(rows)
+    assert "student_pretrained_kd_logits [alpha=0.5]" in text and "[alpha=0.1]" in text
+    assert "+1.00" in text and "-2.00" in text                 # each against the baseline, never averaged
+    # the baseline in two configurations: no gain is computed against either
+    rows += [_row("student_pretrained_baseline", s, 0.80, lr=0.5) for s in range(3)]
+    assert "no gain computed" in sweep.summary(rows)
+    # one experiment whose teacher is a student of the same seed (born-again): not split
+    gen2 = [_row("born_again_gen2", s, 0.85, lr=1.5, teacher_config=f"gen1-seed{s}") for s in range(3)]
+    assert "born_again_gen2 " in sweep.summary(gen2) and "[" not in sweep.summary(gen2)
+
+
+def test_a_student_is_compared_with_the_published_seeds_of_their_own_settings(tmp_path):
+    from types import SimpleNamespace
+
+    results, manifest = tmp_path / "sweep.jsonl", tmp_path / "manifest.json"
+    config = {"run": "student_pretrained_kd_logits", "alpha": 0.5, "teacher_config": "t", "data_fingerprint": "d"}
+    for seed in range(3):       # the recipe's seeds, a --set alpha=0.1 sweep and a grid, all in one file
+        for alpha, extra in ((0.5, {}), (0.1, {}), (0.9, {"set_alpha": 0.9})):
+            sweep.append_row(results, {"run": "student_pretrained_kd_logits", "seed": seed, "recipe": "cpu",
+                                       "test_acc": round(0.8 + alpha / 10, 4), "n_test": 10000, "smoke": False,
+                                       "config_hash": f"{alpha}-{seed}", **extra,
+                                       "config": {**config, "alpha": alpha, "seed": seed}})
+    assert main(["publish", "--sweep", str(results), "--manifest", str(manifest)]) == 0
+    assert len(sweep.published_rows("cpu", manifest)) == 9
+    mine = SimpleNamespace(name="student_pretrained_kd_logits", config={**config, "seed": 0})
+    rows = sweep.published_rows("cpu", manifest, like=[mine])
+    assert sorted(r["seed"] for r in rows) == [0, 1, 2] and {r["test_acc"] for r in rows} == {0.85}
+    other_data = SimpleNamespace(name=mine.name, config={**mine.config, "data_fingerprint": "synthetic"})
+    assert sweep.published_rows("cpu", manifest, like=[other_data]) == []
