@@ -79,9 +79,14 @@ def _sweep(args) -> int:
         recipe = get_recipe(args.recipe, smoke=smoke, **sets)
         for cell in cells:
             get_recipe(recipe, **cell.overrides)
-        out = args.out or run_folder(recipe, args.ckpt_dir) / sweep.SWEEP_FILE
-        cmds = sweep.plan_commands(plan, args.recipe or recipe.name, bool(smoke), sets, out,
-                                   args.ckpt_dir, args.data_dir)
+        from .env import checkpoint_root, data_root
+
+        out = Path(args.out or run_folder(recipe, args.ckpt_dir) / sweep.SWEEP_FILE).expanduser().absolute()
+        # every path absolute and named: a scheduler's job starts elsewhere, without this shell's
+        # KDTP_* variables
+        ckpt_dir = Path(args.ckpt_dir or checkpoint_root()).expanduser().absolute()
+        data_dir = Path(args.data_dir or data_root()).expanduser().absolute()
+        cmds = sweep.plan_commands(plan, args.recipe or recipe.name, bool(smoke), sets, out, ckpt_dir, data_dir)
         if args.slurm:
             args.slurm.write_text(sweep.slurm_script(cmds, out))
             print(f"SLURM array script for {len(cmds)} cells written to {args.slurm} (sbatch {args.slurm})")

@@ -45,11 +45,29 @@ def read_rows(*paths: Path | str) -> list[dict]:
     return list(out.values())
 
 
+def expand_paths(paths: Sequence[Path | str]) -> list[Path]:
+    """``paths`` with any glob pattern (``sweep.*.jsonl``) expanded here, so a pattern the
+    shell left quoted (a SLURM script, a plan's merge line) still names the files."""
+    import glob
+
+    out = []
+    for path in paths:
+        text = str(path)
+        if any(ch in text for ch in "*?["):
+            found = sorted(glob.glob(os.path.expanduser(text)))
+            if not found:
+                raise ConfigError(f"no results file matches {text}: have the sweep's cells run yet?")
+            out += [Path(p) for p in found]
+        else:
+            out.append(Path(path))
+    return out
+
+
 def merge(paths: list[Path], out: Path) -> list[dict]:
     """Join the files of several machines into one (deduplicated), written atomically."""
     from .store import atomic_write
 
-    rows = read_rows(*paths)
+    rows = read_rows(*expand_paths(paths))
     text = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows)
     atomic_write(out, lambda fh: fh.write(text.encode()))
     return rows
@@ -184,12 +202,17 @@ def summary(rows: list[dict], baseline: str = "student_pretrained_baseline") -> 
         lines.append(f"== {head}" + ("   [SMOKE: synthetic data, not real results]" if smoke else ""))
         for entry in stats.table(group):
             spread = (f"± {100 * entry['std']:.2f} (std, {entry['n_seeds']} seeds)" if entry["std"] is not None
-                      else f"± {100 * entry['se']:.2f} (binomial SE, 1 seed)")
+                      else f"± {100 * entry['se']:.2f} (binomial SE, 1 seed)" if entry["se"] is not None
+                      else "(1 seed, test-set size not recorded: no standard error)")
             lines.append(f"  {entry['run']:34} {100 * entry['mean']:6.2f} {spread}")
         names = {r["run"] for r in group}
         if baseline in names:
             for other in sorted(names - {baseline}):
-                lines.append("  " + stats.describe_gain(baseline, other, stats.compare_runs(group, baseline, other)))
+                try:
+                    lines.append("  " + stats.describe_gain(baseline, other,
+                                                            stats.compare_runs(group, baseline, other)))
+                except ValueError as exc:      # rows that cannot be compared say why, the rest still print
+                    lines.append(f"  {other} vs {baseline}: no gain computed ({exc})")
         elif any(name.startswith(baseline + " [") for name in names):
             lines.append(f"  (no gain computed: {baseline} was trained in several configurations here)")
     return "\n".join(lines)

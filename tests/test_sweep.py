@@ -2,6 +2,7 @@
 deduplicated, plans are self-contained commands, bad input is refused before training."""
 import json
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -203,3 +204,27 @@ def test_a_student_is_compared_with_the_published_seeds_of_their_own_settings(tm
     assert sorted(r["seed"] for r in rows) == [0, 1, 2] and {r["test_acc"] for r in rows} == {0.85}
     other_data = SimpleNamespace(name=mine.name, config={**mine.config, "data_fingerprint": "synthetic"})
     assert sweep.published_rows("cpu", manifest, like=[other_data]) == []
+
+
+def test_plan_paths_are_absolute_and_its_merge_line_runs_as_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KDTP_CKPT_DIR", str(tmp_path / "ck"))      # a job does not inherit this
+    script = tmp_path / "array.sh"
+    assert main(["sweep", "--recipe", "cpu", "--seeds", "1", "--out", "rel/s.jsonl", "--slurm", str(script)]) == 0
+    cells = [shlex.split(line.split(") ", 1)[1].rstrip(" ;")) for line in script.read_text().splitlines()
+             if line.startswith("  ") and ") python" in line]
+    assert len(cells) == 2
+    for argv in cells:
+        for flag in ("--out", "--ckpt-dir", "--data-dir"):
+            assert argv[argv.index(flag) + 1].startswith("/"), (flag, argv)
+        assert argv[argv.index("--ckpt-dir") + 1] == str(tmp_path / "ck")
+    for i, argv in enumerate(cells):      # what the two array tasks would write
+        sweep.append_row(Path(argv[argv.index("--out") + 1]),
+                         {"run": argv[4], "seed": 0, "test_acc": 0.8, "config_hash": f"h{i}", "smoke": False})
+    merge_line = next(line for line in script.read_text().splitlines() if "--merge" in line)
+    argv = shlex.split(merge_line.lstrip("# "))
+    assert argv[:4] == ["python", "-m", "kdtp", "sweep"]
+    assert main(argv[3:]) == 0                            # the pattern reaches kdtp quoted: expanded there
+    assert len(sweep.read_rows(tmp_path / "rel" / "s.jsonl")) == 2
+    assert main(["sweep", "--merge", str(tmp_path / "none.*.jsonl"), "--out", "x.jsonl"]) == 2
+    assert "no results file matches" in capsys.readouterr().err
