@@ -106,6 +106,8 @@ def _sweep(args) -> int:
     rows = sweep.run_sweep(plan, args.recipe, smoke, sets, args.out, args.ckpt_dir, args.data_dir,
                            workers=args.workers)
     print(sweep.summary(rows))
+    if args.out is not None and sweep.record_path(args.out) != args.out:
+        print(f"results: {args.out} (a row per cell), full record {sweep.record_path(args.out)}")
     return 0
 
 

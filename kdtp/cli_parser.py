@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--ckpt-dir", type=Path)
     sw.add_argument("--data-dir", type=Path)
     sw.add_argument("--out", type=Path, metavar="FILE",
-                    help="results file (default: sweep.jsonl in the recipe's checkpoint folder)")
+                    help="results file (default: sweep.jsonl in the recipe's checkpoint folder); "
+                         "a .csv name writes a tidy table, its full record beside it as .jsonl")
     sw.add_argument("--plan", action="store_true", help="print one self-contained command per cell, train nothing")
     sw.add_argument("--slurm", type=Path, metavar="FILE", help="write a SLURM array script of the cells, train nothing")
     sw.add_argument("--merge", nargs="+", type=Path, metavar="FILE", help="join results files into --out")

@@ -31,6 +31,7 @@ from .env import ConfigError
 # the results file and what is read from it, and publishing it, live in their own modules;
 # their names are kdtp.sweep's too, as the notebooks call them
 from .sweep_publish import PUBLISHED_FIELDS, publish_sweep, published_rows  # noqa: F401
+from .sweep_csv import record_path, write_csv  # noqa: F401
 from .sweep_rows import SWEEP_FILE, append_row, merge, read_rows, seed_rows, summary  # noqa: F401
 
 DEFAULT_RUNS = ("student_pretrained_baseline", "student_pretrained_kd_logits")
@@ -213,7 +214,7 @@ def train_seeds(runs: list[str], recipe, seeds: list[int], out: Path | None = No
         raise ConfigError(f"train_seeds: give distinct seeds, e.g. [0, 1, 2] (got {seeds!r})")
     resolved = get_recipe(recipe)
     out = Path(out) if out is not None else run_folder(resolved, ckpt_dir) / SWEEP_FILE
-    known = {(r["run"], r["config_hash"]) for r in read_rows(out)} if out.is_file() else set()
+    known = {(r["run"], r["config_hash"]) for r in read_rows(out)} if record_path(out).is_file() else set()
     found: dict[int, dict] = {}
     for seed in seeds:
         pair = {}
@@ -287,7 +288,8 @@ def run_sweep(plan: SweepPlan, recipe=None, smoke=None, sets: dict | None = None
             args += ["--data-dir", str(data_dir)]
         procs.append((k, part, subprocess.Popen(args, env=env)))
     failed = [k for k, _, p in procs if p.wait() != 0]
-    rows = merge(([out] if out.is_file() else []) + [part for _, part, _ in procs if part.is_file()], out)
+    rows = merge(([out] if record_path(out).is_file() else [])
+                 + [part for _, part, _ in procs if record_path(part).is_file()], out)
     if failed:
         raise RuntimeError(f"sweep workers on GPU(s) {failed} failed; run the same command again: "
                            "finished cells load, unfinished ones resume")

@@ -17,11 +17,18 @@ SWEEP_FILE = "sweep.jsonl"
 
 
 def append_row(path: Path, row: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
+    """Append ``row`` to the record; for a ``.csv`` path, to its ``.jsonl`` record, then
+    rewrite the table from it (``kdtp.sweep_csv``)."""
+    from . import sweep_csv
+
+    record = sweep_csv.record_path(path)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    with open(record, "a") as fh:
         fh.write(json.dumps(row, sort_keys=True, default=str) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+    if sweep_csv.is_csv(path):
+        sweep_csv.write_csv(read_rows(record), path)
 
 
 def read_rows(*paths: Path | str) -> list[dict]:
@@ -30,9 +37,16 @@ def read_rows(*paths: Path | str) -> list[dict]:
     A torn last line (a crash while writing) is skipped; a missing file is an error that
     names it.
     """
+    from .sweep_csv import is_csv, record_path
+
     out: dict[tuple, dict] = {}
     for path in paths:
         path = Path(path)
+        if is_csv(path):                       # a table is read through its full record
+            if not record_path(path).is_file():
+                raise ConfigError(f"{path} is a sweep table; its full record {record_path(path)} (written "
+                                  "beside it by the sweep) is missing: give the .jsonl file")
+            path = record_path(path)
         if not path.is_file():
             raise ConfigError(f"sweep results file {path} does not exist")
         for raw in path.read_text().splitlines():
@@ -67,9 +81,13 @@ def merge(paths: list[Path], out: Path) -> list[dict]:
     """Join the files of several machines into one (deduplicated), written atomically."""
     from .store import atomic_write
 
+    from .sweep_csv import is_csv, record_path, write_csv
+
     rows = read_rows(*expand_paths(paths))
     text = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows)
-    atomic_write(out, lambda fh: fh.write(text.encode()))
+    atomic_write(record_path(out), lambda fh: fh.write(text.encode()))
+    if is_csv(out):
+        write_csv(rows, out)
     return rows
 
 

@@ -228,3 +228,27 @@ def test_plan_paths_are_absolute_and_its_merge_line_runs_as_written(tmp_path, mo
     assert len(sweep.read_rows(tmp_path / "rel" / "s.jsonl")) == 2
     assert main(["sweep", "--merge", str(tmp_path / "none.*.jsonl"), "--out", "x.jsonl"]) == 2
     assert "no results file matches" in capsys.readouterr().err
+
+
+def test_a_csv_out_is_a_tidy_table_over_the_full_record(tmp_path):
+    import csv
+
+    out = tmp_path / "res.csv"
+    plan = sweep.SweepPlan(["student_pretrained_baseline", "student_pretrained_kd_logits"], [0, 1])
+    kw = dict(recipe="fast", smoke=True, sets=TINY, out=out, ckpt_dir=tmp_path / "ck",
+              data_dir=tmp_path / "data", workers=1, verbose=False, progress=False)
+    rows = sweep.run_sweep(plan, **kw)
+    sweep.run_sweep(plan, **kw)                                   # all loaded: appended to the record
+    table = list(csv.DictReader(out.open()))
+    assert len((tmp_path / "res.jsonl").read_text().splitlines()) == 8
+    assert len(table) == 4                                        # one row per cell, not per sweep
+    assert [(r["run"], int(r["seed"]), float(r["test_acc"])) for r in table] == \
+        [(r["run"], r["seed"], r["test_acc"]) for r in rows]
+    assert {r["smoke"] for r in table} == {"True"} and table[0]["config.arch"] == "cnn_tiny"
+    assert {r["config.temperature"] for r in table if r["run"].endswith("kd_logits")} == {"4.0"}
+    assert len(sweep.read_rows(out)) == 4                         # a table reads through its record
+    merged = sweep.merge([out], tmp_path / "all.csv")
+    assert len(merged) == 4 and len(list(csv.DictReader((tmp_path / "all.csv").open()))) == 4
+    (tmp_path / "res.jsonl").unlink()
+    with pytest.raises(ConfigError, match="full record"):
+        sweep.read_rows(out)
