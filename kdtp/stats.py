@@ -56,6 +56,17 @@ def _finite(values: Iterable[Any], what: str = "values") -> list[float]:
     return out
 
 
+def _accuracies(values: Iterable[Any], what: str) -> list[float]:
+    """``values`` checked as accuracies: finite fractions in [0, 1]. A percentage among
+    fractions (85.1 next to 0.851) would otherwise make a gain of 84 points, 'significant'."""
+    out = _finite(values, what)
+    wrong = [v for v in out if not 0.0 <= v <= 1.0]
+    if wrong:
+        raise ValueError(f"{what} must be fractions in [0, 1], got {wrong}"
+                         + (" (percentages? divide them by 100)" if all(v <= 100 for v in wrong) else ""))
+    return out
+
+
 def summarize(values: Iterable[float]) -> Summary:
     """Mean, sample standard deviation (ddof=1), n and standard error of the mean.
 
@@ -128,6 +139,8 @@ def paired_difference(a_by_seed: Mapping[Hashable, float], b_by_seed: Mapping[Ha
     predictions would be tighter, but rows hold only accuracies. ``n_test`` is needed
     for this fallback only.
     """
+    _accuracies(a_by_seed.values(), "accuracies of a")
+    _accuracies(b_by_seed.values(), "accuracies of b")
     common = sorted(set(a_by_seed) & set(b_by_seed), key=_sort_key)
     if not common:
         raise ValueError(f"no seed in common to pair: a has seeds {sorted(a_by_seed, key=_sort_key)}, "
@@ -167,7 +180,7 @@ def unpaired_difference(a_values: Sequence[float], b_values: Sequence[float],
     student (``seed``). For one run each it is the same as the single-pair fallback of
     ``paired_difference``, and conservative for the same reason.
     """
-    a, b = _finite(a_values, "accuracies of a"), _finite(b_values, "accuracies of b")
+    a, b = _accuracies(a_values, "accuracies of a"), _accuracies(b_values, "accuracies of b")
     se = math.hypot(_side_se(a, n_test), _side_se(b, n_test))
     mean = sum(b) / len(b) - sum(a) / len(a)
     if len(a) == 1 and len(b) == 1:
@@ -208,6 +221,8 @@ def verdict(gain: float, se: float, threshold: float = 2.0) -> str:
     if se is None or math.isnan(float(se)) or se < 0:
         raise ValueError(f"a verdict needs a standard error >= 0, got {se!r}")
     gain = float(gain)
+    if math.isnan(gain):
+        raise ValueError("a verdict needs a gain, got nan (an accuracy that was never measured?)")
     if abs(gain) > threshold * float(se):
         return "significant gain" if gain > 0 else "significant loss"
     return "within noise"

@@ -206,3 +206,15 @@ def test_single_run_comparison_reads_the_numbers_it_is_given():
     assert "KD is higher" in text and "exceeds its SE" in text and "significant gain" in text
     _, close = single_run_comparison("baseline", 0.800, "KD", 0.801, 10_000)
     assert "does not exceed" in close and "within noise" in close
+
+
+def test_a_percentage_among_fractions_is_refused_not_called_significant():
+    with pytest.raises(ValueError, match="percentages"):
+        stats.paired_difference({0: 0.85, 1: 0.84}, {0: 85.5, 1: 84.9}, 10000)
+    with pytest.raises(ValueError, match="percentages"):
+        stats.unpaired_difference([0.85, 0.84], [86.0], 10000)
+    with pytest.raises(ValueError, match="percentages"):
+        stats.compare_runs([{"run": "a", "seed": 0, "test_acc": 0.85}, {"run": "b", "seed": 0, "test_acc": 85.9}],
+                           "a", "b")
+    with pytest.raises(ValueError, match="nan"):
+        stats.verdict(float("nan"), 0.1)
