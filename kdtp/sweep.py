@@ -260,7 +260,12 @@ def run_sweep(plan: SweepPlan, recipe=None, smoke=None, sets: dict | None = None
         get_recipe(resolved, **point.overrides)      # every cell's settings valid before any training
     out = Path(out) if out is not None else run_folder(resolved, ckpt_dir) / SWEEP_FILE
     cells = plan.cells()
-    n_workers = workers if workers is not None else _gpu_count()
+    gpus = _gpu_count()
+    if workers is not None and workers > max(1, gpus):
+        raise ConfigError(f"--workers {workers}: this machine has {gpus or 'no'} GPU(s), and a worker is a GPU "
+                          "(on a CPU the cells run one after another: torch already uses every core); "
+                          f"give --workers {max(1, gpus)} or leave it out")
+    n_workers = workers if workers is not None else gpus
     if n_workers <= 1:
         return run_cells(cells, resolved, smoke, sets, out, ckpt_dir, data_dir, verbose=verbose, progress=progress)
 

@@ -22,12 +22,16 @@ def test_cells_are_the_product_of_runs_seeds_and_grid():
     assert sweep.SweepPlan(["a"], [0, 1, 2]).cells()[2] == sweep.Cell("a", 2)
 
 
-def test_grid_and_seed_input_is_checked_before_anything_trains():
+def test_grid_and_seed_input_is_checked_before_anything_trains(monkeypatch):
     assert sweep.parse_grid(["temperature=2,4", "alpha=0.1"]) == {"temperature": [2.0, 4.0], "alpha": [0.1]}
     for bad in (["temperature"], ["temperature="], ["nonsense=1,2"], ["alpha=high"], ["seed=1,2"],
                 ["temperature=2,4", "temperature=8"], ["temperature=2,2.0"]):
         with pytest.raises(ConfigError):
             sweep.parse_grid(bad)
+    monkeypatch.setattr(sweep, "_gpu_count", lambda: 0)
+    with pytest.raises(ConfigError, match="no GPU"):        # two workers would share two cores
+        sweep.run_sweep(sweep.SweepPlan(["student_pretrained_baseline"], [0, 1]), recipe="fast", smoke=True,
+                        workers=2)
     with pytest.raises(ConfigError, match="both fixed"):
         sweep.run_sweep(sweep.SweepPlan(["student_pretrained_baseline"], [0], {"alpha": [0.1, 0.5]}),
                         recipe="fast", smoke=True, sets={"alpha": 0.9}, workers=1)
