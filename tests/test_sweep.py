@@ -256,3 +256,19 @@ def test_a_csv_out_is_a_tidy_table_over_the_full_record(tmp_path):
     (tmp_path / "res.jsonl").unlink()
     with pytest.raises(ConfigError, match="full record"):
         sweep.read_rows(out)
+
+
+def test_several_gpus_get_one_worker_each_and_their_rows_merge(tmp_path, monkeypatch):
+    # two "GPUs" on a CPU machine: each worker process runs on the CPU, which is all this checks:
+    # the teacher trained once before the workers start, the cells split between them, the files merged
+    monkeypatch.setattr(sweep, "_gpu_count", lambda: 2)
+    out = tmp_path / "s.jsonl"
+    plan = sweep.SweepPlan(["student_pretrained_baseline", "student_pretrained_kd_logits"], [0, 1])
+    rows = sweep.run_sweep(plan, recipe="fast", smoke=True, sets=TINY, out=out, ckpt_dir=tmp_path / "ck",
+                           data_dir=tmp_path / "data", verbose=False, progress=False)
+    assert sorted((r["run"], r["seed"]) for r in rows) == sorted((c.run, c.seed) for c in plan.cells())
+    assert {p.name for p in tmp_path.glob("s.gpu*.jsonl")} == {"s.gpu0.jsonl", "s.gpu1.jsonl"}
+    assert len(sweep.read_rows(tmp_path / "s.gpu0.jsonl")) == len(sweep.read_rows(tmp_path / "s.gpu1.jsonl")) == 2
+    assert len(sweep.read_rows(out)) == 4
+    assert len({r["config"]["teacher_config"] for r in rows if r["run"].endswith("kd_logits")}) == 1
+    assert len(list((tmp_path / "ck").rglob("teacher_resnet50*_best.pt"))) == 1
