@@ -229,11 +229,13 @@ def run_lab(smoke: bool | None = None, recipe: str | None = None, out_dir: Path 
 
     ``smoke``: True forces smoke mode; None follows ``KDTP_SMOKE``, and falls back to smoke
     (saying so) when real CIFAR-10 is neither on disk nor downloadable. ``recipe``:
-    default as in the notebooks (``fast`` with a GPU, ``cpu`` without). ``out_dir``: where
+    default as in the notebooks (``fast`` with a GPU, ``cpu_air`` without); a default whose
+    ImageNet weights cannot be had gives way to ``cpu_air`` (saying so), a named one stops
+    the lab with the fix. ``out_dir``: where
     the executed notebooks go (default ``lab-output/``, ``lab-output/smoke/`` for smoke).
     ``core_only``: the core lab (00-06) without the chapter's later notebooks.
     """
-    from .recipes import default_recipe_name, get_recipe, no_imagenet_advice
+    from .recipes import NO_IMAGENET_RECIPE, default_recipe_name, get_recipe, no_imagenet_advice
 
     smoke = smoke_mode() if smoke is None else bool(smoke)
     if recipe is not None:
@@ -253,7 +255,16 @@ def run_lab(smoke: bool | None = None, recipe: str | None = None, out_dir: Path 
     chosen = get_recipe(recipe_name, smoke=smoke)
     if not smoke:
         problem = _imagenet_weights_problem(chosen)
-        if problem:
+        if problem and recipe is None and not os.environ.get("KDTP_RECIPE", "").strip():
+            # the default recipe, not one the user named: run the lab that needs no ImageNet weights
+            # (a GPU box offline), as a missing dataset falls back to smoke mode, and say so
+            print(f"\nThe default recipe here, {recipe_name}, needs ImageNet weights that cannot be loaded "
+                  f"now:\n  {problem}\nRunning the lab with {no_imagenet_advice()} instead: a real lab, "
+                  f"whose networks differ from the reference lab's ResNets. For the ResNet lab, copy the "
+                  f"weight files as described and run again with --recipe {recipe_name}.\n", flush=True)
+            recipe_name = NO_IMAGENET_RECIPE
+            chosen = get_recipe(recipe_name, smoke=smoke)
+        elif problem:
             print(f"The {recipe_name} recipe needs ImageNet weights that cannot be loaded now:\n"
                   f"  {problem}\nUse {no_imagenet_advice()} or --smoke, or copy "
                   "the weight files as described and run again.", file=sys.stderr)

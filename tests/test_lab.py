@@ -102,6 +102,27 @@ def test_missing_imagenet_weights_stop_the_lab_and_name_a_recipe_that_needs_none
     assert not named.pretrained and weights_problem(named) is None
 
 
+def test_a_default_recipe_without_its_imagenet_weights_falls_back_to_the_lab_that_needs_none(
+        folders, monkeypatch, capsys):
+    # an offline GPU box running the README's lab command: fast is the default there, its weights
+    # cannot be had, and the user named no recipe: the real lab runs in cpu_air, said so
+    import kdtp.recipes
+
+    monkeypatch.delenv("KDTP_RECIPE", raising=False)
+    monkeypatch.setattr(kdtp.recipes, "default_recipe_name", lambda smoke=None: "fast")
+    monkeypatch.setattr(lab, "real_data_available", lambda data_dir=None: (True, ""))
+    monkeypatch.setattr(lab, "_imagenet_weights_problem",
+                        lambda recipe: "resnet50 weights not cached" if recipe.pretrained else None)
+    monkeypatch.setattr(lab, "comparison_text", lambda *a: "")
+    recipes_seen = []
+    monkeypatch.setattr(lab, "run_notebook",
+                        lambda *a, **k: (recipes_seen.append(os.environ["KDTP_RECIPE"]), (True, "ran"))[1])
+    assert lab.run_lab(smoke=False, notebooks=[folders / "x.ipynb"]) == 0
+    out = capsys.readouterr().out
+    assert recipes_seen == ["cpu_air"] and "resnet50 weights not cached" in out and "--recipe fast" in out
+    assert "recipe cpu_air" in out
+
+
 def test_lab_runs_the_core_lab_first_and_alone_with_core_only():
     assert [p.stem for p in lab.lab_notebooks(NOTEBOOKS)][:7] == LAB_NOTEBOOKS
     assert [p.stem for p in lab.lab_notebooks(NOTEBOOKS, core_only=True)] == LAB_NOTEBOOKS
