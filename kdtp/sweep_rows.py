@@ -80,7 +80,6 @@ def expand_paths(paths: Sequence[Path | str]) -> list[Path]:
 def merge(paths: list[Path], out: Path) -> list[dict]:
     """Join the files of several machines into one (deduplicated), written atomically."""
     from .store import atomic_write
-
     from .sweep_csv import is_csv, record_path, write_csv
 
     rows = read_rows(*expand_paths(paths))
@@ -189,11 +188,12 @@ def split_experiments(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
     for run, group in by_run.items():
         ignored = ("seed",) + _seeded_links(run)
         configs = [{k: v for k, v in (r.get("config") or {}).items() if k not in ignored} for r in group]
-        keys = sorted({k for c in configs for k in c})
+        known = [c for c in configs if c]      # a row without its configuration is left as it is
+        keys = sorted({k for c in known for k in c})
         differing = [k for k in keys
-                     if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
+                     if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in known}) > 1]
         for row, config in zip(group, configs):
-            if differing:
+            if differing and config:
                 label = ", ".join(f"{k}={config.get(k)}" for k in differing)
                 row = {**row, "run": f"{run} [{label}]"}
             out.append(dict(row))
