@@ -238,6 +238,30 @@ def train_seeds(runs: list[str], recipe, seeds: list[int], out: Path | None = No
     return found
 
 
+def time_forecast(reference, n_runs: int, device) -> str:
+    """What ``n_runs`` more trainings like ``reference`` (a finished ``RunResult``, e.g. 02's
+    student) would take on ``device``, from its own measured time: a student with a clock
+    decides before the cell starts (``SEEDS = [0]`` skips them). Said only when the run was
+    trained here (same kind of device and precision); runs that exist load in seconds."""
+    import torch
+
+    from .env import pick_precision
+
+    device = torch.device(device)
+    seconds = reference.metrics.get("train_seconds")
+    here = (device.type, pick_precision(device))
+    there = (str(reference.metrics.get("device")), reference.metrics.get("precision"))
+    if n_runs <= 0:
+        return "no extra training: every seed asked for is the lab's own"
+    if not seconds or here != there or reference.source == "downloaded":
+        return (f"{n_runs} more trainings unless they exist (no time estimate: {reference.name} was not "
+                "trained on this machine's kind of device and precision)")
+    minutes = n_runs * float(seconds) / 60
+    return (f"{n_runs} more trainings unless they exist: about {minutes:.0f} min here "
+            f"({reference.name} took {float(seconds):.0f} s on this {here[0]}, {here[1]}); "
+            "set SEEDS = [0] to skip them")
+
+
 def _gpu_count() -> int:
     import torch
     return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -272,3 +272,22 @@ def test_several_gpus_get_one_worker_each_and_their_rows_merge(tmp_path, monkeyp
     assert len(sweep.read_rows(out)) == 4
     assert len({r["config"]["teacher_config"] for r in rows if r["run"].endswith("kd_logits")}) == 1
     assert len(list((tmp_path / "ck").rglob("teacher_resnet50*_best.pt"))) == 1
+
+
+def test_the_extra_pairs_are_forecast_from_the_lab_s_own_student(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from kdtp import env
+
+    precision = env.pick_precision(torch.device("cpu"))
+    ref = SimpleNamespace(name="student_pretrained_baseline", source="trained",
+                          metrics={"train_seconds": 90.0, "device": "cpu", "precision": precision})
+    text = sweep.time_forecast(ref, 8, torch.device("cpu"))
+    assert "8 more trainings" in text and "about 12 min" in text and "SEEDS = [0]" in text
+    assert "no extra training" in sweep.time_forecast(ref, 0, "cpu")
+    elsewhere = SimpleNamespace(name=ref.name, source="trained", metrics={**ref.metrics, "device": "cuda"})
+    assert "no time estimate" in sweep.time_forecast(elsewhere, 8, "cpu")
+    published = SimpleNamespace(name=ref.name, source="downloaded", metrics=ref.metrics)
+    assert "no time estimate" in sweep.time_forecast(published, 8, "cpu")
