@@ -56,15 +56,16 @@ def _finite(values: Iterable[Any], what: str = "values") -> list[float]:
     return out
 
 
-def _accuracies(values: Iterable[Any], what: str) -> list[float]:
-    """``values`` checked as accuracies: finite fractions in [0, 1]. A percentage among
-    fractions (85.1 next to 0.851) would otherwise make a gain of 84 points, 'significant'."""
-    out = _finite(values, what)
-    wrong = [v for v in out if not 0.0 <= v <= 1.0]
-    if wrong:
-        raise ValueError(f"{what} must be fractions in [0, 1], got {wrong}"
-                         + (" (percentages? divide them by 100)" if all(v <= 100 for v in wrong) else ""))
-    return out
+def _one_scale(a: Iterable[Any], b: Iterable[Any]) -> tuple[list[float], list[float]]:
+    """Both sides' values, finite and on one scale. A percentage among fractions (85.1 next
+    to 0.851) would otherwise make a gain of 84 points, 'significant': refused."""
+    a, b = _finite(a, "accuracies of a"), _finite(b, "accuracies of b")
+    fractions = [v for v in a + b if 0.0 < v < 1.0]      # 0 and 1 read the same on both scales
+    larger = [v for v in a + b if v > 1.0]
+    if fractions and larger:
+        raise ValueError(f"these accuracies mix fractions {fractions} and percentages {larger}: "
+                         "give all of them as fractions in [0, 1] (divide the percentages by 100)")
+    return a, b
 
 
 def summarize(values: Iterable[float]) -> Summary:
@@ -139,8 +140,7 @@ def paired_difference(a_by_seed: Mapping[Hashable, float], b_by_seed: Mapping[Ha
     predictions would be tighter, but rows hold only accuracies. ``n_test`` is needed
     for this fallback only.
     """
-    _accuracies(a_by_seed.values(), "accuracies of a")
-    _accuracies(b_by_seed.values(), "accuracies of b")
+    _one_scale(a_by_seed.values(), b_by_seed.values())
     common = sorted(set(a_by_seed) & set(b_by_seed), key=_sort_key)
     if not common:
         raise ValueError(f"no seed in common to pair: a has seeds {sorted(a_by_seed, key=_sort_key)}, "
@@ -180,7 +180,7 @@ def unpaired_difference(a_values: Sequence[float], b_values: Sequence[float],
     student (``seed``). For one run each it is the same as the single-pair fallback of
     ``paired_difference``, and conservative for the same reason.
     """
-    a, b = _accuracies(a_values, "accuracies of a"), _accuracies(b_values, "accuracies of b")
+    a, b = _one_scale(a_values, b_values)
     se = math.hypot(_side_se(a, n_test), _side_se(b, n_test))
     mean = sum(b) / len(b) - sum(a) / len(a)
     if len(a) == 1 and len(b) == 1:

@@ -209,11 +209,11 @@ def test_single_run_comparison_reads_the_numbers_it_is_given():
 
 
 def test_a_percentage_among_fractions_is_refused_not_called_significant():
-    with pytest.raises(ValueError, match="percentages"):
+    with pytest.raises(ValueError, match="mix fractions"):
         stats.paired_difference({0: 0.85, 1: 0.84}, {0: 85.5, 1: 84.9}, 10000)
-    with pytest.raises(ValueError, match="percentages"):
+    with pytest.raises(ValueError, match="mix fractions"):
         stats.unpaired_difference([0.85, 0.84], [86.0], 10000)
-    with pytest.raises(ValueError, match="percentages"):
+    with pytest.raises(ValueError, match="mix fractions"):
         stats.compare_runs([{"run": "a", "seed": 0, "test_acc": 0.85}, {"run": "b", "seed": 0, "test_acc": 85.9}],
                            "a", "b")
     with pytest.raises(ValueError, match="nan"):
