@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--plan", action="store_true", help="print one self-contained command per cell, train nothing")
     sw.add_argument("--slurm", type=Path, metavar="FILE", help="write a SLURM array script of the cells, train nothing")
     sw.add_argument("--merge", nargs="+", type=Path, metavar="FILE", help="join results files into --out")
-    sw.add_argument("--workers", type=int, help="worker processes (default: one per visible GPU)")
+    sw.add_argument("--workers", type=int, help="worker processes (default: one per visible GPU; on a CPU, N workers share the cores out)")
     sw.add_argument("--cells-json", help=argparse.SUPPRESS)
 
     sc = sub.add_parser("student-copy", help="write the students' notebooks (solutions removed)")

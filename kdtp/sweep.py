@@ -285,16 +285,20 @@ def run_sweep(plan: SweepPlan, recipe=None, smoke=None, sets: dict | None = None
     out = Path(out) if out is not None else run_folder(resolved, ckpt_dir) / SWEEP_FILE
     cells = plan.cells()
     gpus = _gpu_count()
-    if workers is not None and workers > max(1, gpus):
-        raise ConfigError(f"--workers {workers}: this machine has {gpus or 'no'} GPU(s), and a worker is a GPU "
-                          "(on a CPU the cells run one after another: torch already uses every core); "
-                          f"give --workers {max(1, gpus)} or leave it out")
+    if workers is not None and gpus and workers > gpus:
+        raise ConfigError(f"--workers {workers}: this machine has {gpus} GPU(s), one worker each; a worker "
+                          f"beyond them would train on the CPU. Give --workers {gpus} or leave it out")
     n_workers = workers if workers is not None else gpus
     if n_workers <= 1:
         return run_cells(cells, resolved, smoke, sets, out, ckpt_dir, data_dir, verbose=verbose, progress=progress)
+    # no GPU and several workers asked for (a many-core CPU): the cores are shared out, since
+    # n processes that each use every core only get in each other's way
+    threads = str(max(1, (os.cpu_count() or 1) // n_workers)) if not gpus else None
+    if threads and verbose:
+        print(f"[sweep] {n_workers} CPU workers, {threads} thread(s) each", flush=True)
 
-    # Several GPUs. The teachers first, here (one per grid point): workers must not race to
-    # train the same teacher. Then worker k takes cells k, k+n, ... on GPU k.
+    # Several workers. The teachers first, here (one per grid point): workers must not race to
+    # train the same teacher. Then worker k takes cells k, k+n, ... on GPU k (or the CPU).
     if any(get_run(c.run).needs_teacher for c in cells):
         for settings in sorted({c.settings for c in cells}, key=str):
             train_or_load(TEACHER, resolved, smoke=smoke, ckpt_dir=ckpt_dir, data_dir=data_dir,
@@ -306,6 +310,8 @@ def run_sweep(plan: SweepPlan, recipe=None, smoke=None, sets: dict | None = None
         if not mine:
             continue
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(k)}
+        if threads:
+            env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
         args = [sys.executable, "-m", "kdtp", "sweep", "--workers", "1", "--out", str(part),
                 "--cells-json", json.dumps([[c.run, c.seed, list(map(list, c.settings))] for c in mine])]
         args += ["--recipe", resolved.name] if not smoke else ["--recipe", resolved.name, "--smoke"]

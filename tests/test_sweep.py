@@ -28,8 +28,8 @@ def test_grid_and_seed_input_is_checked_before_anything_trains(monkeypatch):
                 ["temperature=2,4", "temperature=8"], ["temperature=2,2.0"]):
         with pytest.raises(ConfigError):
             sweep.parse_grid(bad)
-    monkeypatch.setattr(sweep, "_gpu_count", lambda: 0)
-    with pytest.raises(ConfigError, match="no GPU"):        # two workers would share two cores
+    monkeypatch.setattr(sweep, "_gpu_count", lambda: 1)
+    with pytest.raises(ConfigError, match="1 GPU"):         # a second worker would land on the CPU
         sweep.run_sweep(sweep.SweepPlan(["student_pretrained_baseline"], [0, 1]), recipe="fast", smoke=True,
                         workers=2)
     with pytest.raises(ConfigError, match="both fixed"):
@@ -258,14 +258,16 @@ def test_a_csv_out_is_a_tidy_table_over_the_full_record(tmp_path):
         sweep.read_rows(out)
 
 
-def test_several_gpus_get_one_worker_each_and_their_rows_merge(tmp_path, monkeypatch):
-    # two "GPUs" on a CPU machine: each worker process runs on the CPU, which is all this checks:
+@pytest.mark.parametrize("gpus, workers", [(2, None), (0, 2)])
+def test_several_workers_split_the_cells_and_their_rows_merge(tmp_path, monkeypatch, capsys, gpus, workers):
+    # two "GPUs" faked on a CPU machine (their workers run on the CPU), or two CPU workers asked for:
     # the teacher trained once before the workers start, the cells split between them, the files merged
-    monkeypatch.setattr(sweep, "_gpu_count", lambda: 2)
+    monkeypatch.setattr(sweep, "_gpu_count", lambda: gpus)
     out = tmp_path / "s.jsonl"
     plan = sweep.SweepPlan(["student_pretrained_baseline", "student_pretrained_kd_logits"], [0, 1])
     rows = sweep.run_sweep(plan, recipe="fast", smoke=True, sets=TINY, out=out, ckpt_dir=tmp_path / "ck",
-                           data_dir=tmp_path / "data", verbose=False, progress=False)
+                           data_dir=tmp_path / "data", workers=workers, progress=False)
+    assert ("CPU workers" in capsys.readouterr().out) == (gpus == 0)
     assert sorted((r["run"], r["seed"]) for r in rows) == sorted((c.run, c.seed) for c in plan.cells())
     assert {p.name for p in tmp_path.glob("s.gpu*.jsonl")} == {"s.gpu0.jsonl", "s.gpu1.jsonl"}
     assert len(sweep.read_rows(tmp_path / "s.gpu0.jsonl")) == len(sweep.read_rows(tmp_path / "s.gpu1.jsonl")) == 2
