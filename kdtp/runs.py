@@ -223,7 +223,7 @@ def describe(spec: Run, recipe: Recipe) -> str:
     # training: say so, or two runs read alike in a table and look like a mistake (13)
     twin = next((other for other in REGISTRY.values() if other.name == spec.name
                  or trains_the_same(other, spec, recipe)), spec)
-    if twin is not spec:
+    if twin.name != spec.name:
         parts[-1] += f" (the same training as {twin.name})"
     return ", ".join(parts)
 

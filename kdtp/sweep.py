@@ -31,7 +31,7 @@ from .env import ConfigError
 # the results file and what is read from it, and publishing it, live in their own modules;
 # their names are kdtp.sweep's too, as the notebooks call them
 from .sweep_publish import PUBLISHED_FIELDS, publish_sweep, published_rows  # noqa: F401
-from .sweep_csv import record_path, write_csv  # noqa: F401
+from .sweep_csv import record_path
 from .sweep_rows import SWEEP_FILE, append_row, merge, read_rows, seed_rows, summary  # noqa: F401
 
 DEFAULT_RUNS = ("student_pretrained_baseline", "student_pretrained_kd_logits")

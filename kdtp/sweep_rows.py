@@ -163,6 +163,12 @@ def _seeded_links(run: str) -> tuple[str, ...]:
     return tuple(links)
 
 
+def _experiment_config(run: str, config: Mapping[str, Any] | None) -> dict:
+    """``config`` without what changes from seed to seed within one experiment."""
+    ignored = ("seed",) + _seeded_links(run)
+    return {k: v for k, v in (config or {}).items() if k not in ignored}
+
+
 def experiment_id(run: str, config: Mapping[str, Any] | None) -> str | None:
     """A short digest of ``config`` without the seed (and the seeded links): the same for
     every seed of one experiment, different as soon as any setting, the data or a
@@ -171,8 +177,7 @@ def experiment_id(run: str, config: Mapping[str, Any] | None) -> str | None:
 
     if not config:
         return None
-    ignored = ("seed",) + _seeded_links(run)
-    kept = {k: v for k, v in config.items() if k not in ignored}
+    kept = _experiment_config(run, config)
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -186,8 +191,7 @@ def split_experiments(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
         by_run.setdefault(str(row.get("run")), []).append(row)
     out = []
     for run, group in by_run.items():
-        ignored = ("seed",) + _seeded_links(run)
-        configs = [{k: v for k, v in (r.get("config") or {}).items() if k not in ignored} for r in group]
+        configs = [_experiment_config(run, r.get("config")) for r in group]
         known = [c for c in configs if c]      # a row without its configuration is left as it is
         keys = sorted({k for c in known for k in c})
         differing = [k for k in keys
